@@ -1,0 +1,246 @@
+"""The ``metagen`` command. Exit codes: 0 success, 1 a user error (one line, no traceback), 2 usage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from metagen.errors import MetaGenError
+
+app = typer.Typer(
+    help="metagen: tabular data in, a ready model file out. A meta-learned start, an Optuna search, no pickle.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """A user's mistake ends in one plain line and exit code 1; a bug keeps its traceback."""
+    try:
+        yield
+    except MetaGenError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _default_output(data: Path) -> Path:
+    name = data.name
+    for suffix in (".gz", ".csv", ".tsv", ".txt"):
+        name = name.removesuffix(suffix)
+    return Path(f"{name}.metagen")
+
+
+def _study_name(output: Path, storage: str, resume: bool) -> str:
+    """A new study per fit; ``--resume`` continues the newest one written for this output."""
+    import optuna
+
+    stem = output.stem
+    if resume:
+        with contextlib.suppress(Exception):
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+                     if s.study_name.startswith(f"{stem}-")]
+            if names:
+                return max(names)
+        raise MetaGenError(f"No earlier study for {output} in {storage} to resume.", "Run without --resume.")
+    return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+
+
+@app.command()
+def fit(
+    data: Path = typer.Argument(..., help="CSV file (any delimiter; .gz works)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column. Default: the last column if it is named target, class, label or y."),
+    task: Optional[str] = typer.Option(None, help="binary, multiclass or regression. Default: inferred from the target."),
+    time_budget: float = typer.Option(60.0, "--time-budget", "-b", help="Seconds for the whole fit."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model file to write. Default: <data name>.metagen"),
+    seed: int = typer.Option(0, help="Random seed."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Stop after this many trials (reproducible runs)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL. Default: sqlite:///<output>.optuna.db"),
+    resume: bool = typer.Option(False, help="Continue the newest study for this output in --storage."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most gradient steps per trial."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+) -> None:
+    """Search networks for a table and write the best as a model file."""
+    from metagen.fit import FitOptions, fit_table
+    from metagen.model_file import save_model
+    from metagen.table import read_table
+
+    with user_errors():
+        if task is not None and task not in ("binary", "multiclass", "regression"):
+            raise MetaGenError(f"Unknown --task {task!r}.", "Use binary, multiclass or regression.")
+        table = read_table(data, target=target, task=task)  # type: ignore[arg-type]
+        output = output or _default_output(data)
+        storage = storage or f"sqlite:///{output.with_suffix('.optuna.db')}"
+        _describe(table)
+        options = FitOptions(
+            time_budget=time_budget, n_trials=n_trials, seed=seed, storage=storage,
+            study_name=_study_name(output, storage, resume), resume=resume, max_steps=max_steps,
+        )
+        with Progress(
+            TextColumn("[bold]search[/]"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=err, disable=quiet, transient=False,
+        ) as bar:
+            job = bar.add_task("starting", total=time_budget)
+
+            def on_progress(p) -> None:
+                bar.update(job, completed=min(p.elapsed, p.budget),
+                           description=f"trial {p.n_done}  best {table.metric} {_fmt(p.best_score)}  "
+                                       f"{p.elapsed:.0f}/{time_budget:.0f}s")
+
+            fitted = fit_table(table, options, on_progress)
+        save_model(fitted, output)
+    _leaderboard(fitted.leaderboard, table.metric)
+    metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in fitted.metrics.items())
+    out.print(f"held-back rows ({fitted.provenance['n_test_rows']}): {metrics}")
+    out.print(f"wrote [bold]{output}[/] in {fitted.provenance['fit_seconds']:.1f}s "
+              f"({fitted.provenance['n_trials_complete']} trials, {fitted.provenance['n_trials_pruned']} pruned; "
+              f"study '{options.study_name}' in {storage})")
+
+
+def _describe(table) -> None:
+    kinds: dict[str, int] = {}
+    for c in table.columns:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    kind_text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    guessed = " (taken: last column)" if table.target_guessed else ""
+    classes = f", {len(table.classes)} classes" if table.classes else ""
+    out.print(f"read {table.n_rows} rows, {len(table.columns)} feature columns ({kind_text})")
+    out.print(f"target [bold]{table.target}[/]{guessed}: {table.task}{classes}; metric {table.metric}")
+    for note in table.notes:
+        err.print(f"[yellow]warning:[/] {note}")
+    unused = [c.name for c in table.columns if not c.used]
+    if unused:
+        out.print(f"ignoring constant or id-like column(s): {', '.join(unused[:10])}")
+
+
+def _leaderboard(rows: list[dict], metric: str, top: int = 5) -> None:
+    t = RichTable(title="leaderboard (validation rows)")
+    for col in ("trial", metric, "depth", "width", "activation", "lr", "steps", "seconds"):
+        t.add_column(col, justify="right")
+    for r in rows[:top]:
+        t.add_row(str(r["trial"]), _fmt(r["score"]), str(r["depth"]), str(r["width"]), r["activation"],
+                  f"{r['lr']:.2g}", str(r["steps"]), _fmt(r["seconds"] or float("nan")))
+    out.print(t)
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Model file from `metagen fit`."),
+    data: Path = typer.Argument(..., help="CSV with the model's feature columns (extra columns are ignored)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write. Default: standard output."),
+    proba: bool = typer.Option(False, "--proba", help="Add one probability column per class."),
+) -> None:
+    """Predict for every row of a CSV."""
+    import pandas as pd
+
+    from metagen.predictor import load
+    from metagen.table import read_csv
+
+    with user_errors():
+        predictor = load(model)
+        frame = read_csv(data)
+        result = pd.DataFrame({predictor.fitted.target: predictor.predict(frame)})
+        if proba:
+            if predictor.task == "regression":
+                raise MetaGenError("--proba needs a classification model; this one does regression.")
+            probs = predictor.predict_proba(frame)
+            for k, label in enumerate(predictor.classes_):
+                result[f"proba_{label}"] = probs[:, k]
+        if output is None:
+            result.to_csv(sys.stdout, index=False)
+        else:
+            result.to_csv(output, index=False)
+            err.print(f"wrote {len(result)} predictions to {output}")
+
+
+@app.command()
+def info(
+    model: Path = typer.Argument(..., help="Model file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the spec as JSON (without weights)."),
+) -> None:
+    """Show a model file's schema, task, architecture, metrics and provenance."""
+    from metagen.model_file import read_spec
+
+    with user_errors():
+        spec, _ = read_spec(model)
+    if as_json:
+        spec = {k: v for k, v in spec.items() if k != "preprocessor"}
+        print(json.dumps(spec, indent=1))
+        return
+    out.print(f"[bold]{model}[/]: {spec['task']} model of target '{spec['target']}'"
+              + (f" ({len(spec['classes'])} classes)" if spec["classes"] else ""))
+    t = RichTable(title="columns")
+    for col in ("name", "kind", "unique", "missing"):
+        t.add_column(col)
+    for c in spec["columns"]:
+        t.add_row(c["name"], c["kind"], str(c["n_unique"]), str(c["n_missing"]))
+    out.print(t)
+    out.print("architecture: " + ", ".join(f"{k}={_fmt(v)}" for k, v in spec["config"].items()))
+    out.print("held-back metrics: " + ("  ".join(f"{k} {_fmt(v)}" for k, v in spec["metrics"].items()) or "none"))
+    out.print("provenance: " + ", ".join(f"{k}={v}" for k, v in {**spec["provenance"], **spec["versions"]}.items()))
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="Model file."),
+    data: Path = typer.Argument(..., help="CSV that has the target column."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+) -> None:
+    """Score a model on a labelled table."""
+    import numpy as np
+
+    from metagen.metrics import all_metrics
+    from metagen.predictor import load
+    from metagen.table import make_table, read_csv
+
+    with user_errors():
+        predictor = load(model)
+        fitted = predictor.fitted
+        table = make_table(read_csv(data), target=fitted.target, task=fitted.task)  # type: ignore[arg-type]
+        if fitted.classes is not None:
+            index = {str(c): i for i, c in enumerate(fitted.classes)}
+            labels = [str(c) for c in table.classes]
+            unknown = [c for c in labels if c not in index]
+            if unknown:
+                raise MetaGenError(f"Target has classes the model never saw: {', '.join(unknown[:5])}.")
+            y = [index[labels[k]] for k in table.y]
+            pred = predictor.predict_proba(table.X)
+        else:
+            y, pred = table.y, predictor.predict(table.X)
+        metrics = all_metrics(fitted.task, np.asarray(y), pred)
+        metrics["n_rows"] = table.n_rows
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        out.print("  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The ``fit`` flow: Table -> split -> preprocessing -> search -> finalize -> FittedModel.
+
+Each stage is one call with plain data between; the CLI and the scikit-learn
+estimators both come through :func:`fit_table`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from metagen.config import NetConfig
+from metagen.errors import ConfigError, DataError
+from metagen.metrics import all_metrics, metric_name
+from metagen.network import MLP
+from metagen.preprocess import Preprocessor, fit_preprocessor
+from metagen.search import Progress, SearchData, open_study, quiet_optuna, run_search
+from metagen.table import Table
+from metagen.train import predict_array, train_network
+
+log = logging.getLogger(__name__)
+
+# Share of the budget kept back for preprocessing and finalizing.
+FINALIZE_RESERVE = 0.05
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How ``fit`` spends its budget."""
+
+    time_budget: float = 60.0
+    """Seconds for the whole fit; the search stops launching and running trials at the deadline."""
+    n_trials: int | None = None
+    """Stop after this many trials (for reproducible runs); None: as many as the budget allows."""
+    seed: int = 0
+    storage: str | None = None
+    """Optuna storage URL (``sqlite:///study.db``, any RDB URL); None keeps the study in memory."""
+    study_name: str = "metagen"
+    resume: bool = False
+    test_size: float = 0.2
+    """Rows held back for the reported score (0 to use every row for the search)."""
+    valid_size: float = 0.2
+    max_steps: int | None = None
+    """Upper bound of the steps per trial (the search space goes up to 2000)."""
+
+    def __post_init__(self) -> None:
+        if not self.time_budget > 0:
+            raise ConfigError(f"time_budget must be positive, got {self.time_budget}.", "Pass seconds, e.g. 60.")
+        if self.n_trials is not None and self.n_trials < 1:
+            raise ConfigError(f"n_trials must be at least 1, got {self.n_trials}.")
+        if not 0 <= self.test_size < 0.9 or not 0 < self.valid_size < 0.9:
+            raise ConfigError("test_size and valid_size must be fractions between 0 and 0.9.")
+
+
+@dataclass
+class FittedModel:
+    """Everything the model file holds: plain data and one state dict."""
+
+    columns: list[dict]
+    target: str
+    task: str
+    classes: list | None
+    preprocessor: Preprocessor
+    config: NetConfig
+    state_dict: dict[str, torch.Tensor]
+    n_in: int
+    n_out: int
+    y_mean: float = 0.0
+    y_std: float = 1.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    valid_score: float = float("nan")
+    leaderboard: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    @cached_property
+    def network(self) -> MLP:
+        """In float64: a row's prediction must not depend on which rows share its batch."""
+        model = MLP(self.n_in, self.n_out, self.config)
+        model.load_state_dict(self.state_dict)
+        return model.double().eval()
+
+    def predict_raw(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities or values in target units, from preprocessed rows."""
+        out = predict_array(self.network, X, self.task)
+        return out * self.y_std + self.y_mean if self.task == "regression" else out
+
+
+def _split(n: int, y: np.ndarray, task: str, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(n)
+    stratify = y if task != "regression" and np.bincount(y).min() >= 2 else None
+    n_hold = max(1, int(round(size * n)))
+    if stratify is not None:
+        n_hold = max(n_hold, len(np.unique(y)))
+    if n - n_hold < 2:
+        raise DataError(f"The table has only {n} usable rows.", "metagen needs at least a few rows per class to learn.")
+    a, b = train_test_split(idx, test_size=n_hold, random_state=seed, stratify=stratify)
+    return np.sort(a), np.sort(b)
+
+
+def fit_table(
+    table: Table,
+    options: FitOptions = FitOptions(),
+    on_progress: Callable[[Progress], None] | None = None,
+) -> FittedModel:
+    start = time.monotonic()
+    task, y = table.task, table.y
+    if task != "regression":
+        counts = np.bincount(y, minlength=len(table.classes or []))
+        if len(y) < 2 * len(counts):
+            raise DataError(
+                f"The table has {len(y)} rows for {len(counts)} classes.",
+                "metagen needs at least two rows per class.",
+            )
+    if options.test_size > 0:
+        train_idx, test_idx = _split(len(y), y, task, options.test_size, options.seed)
+    else:
+        train_idx, test_idx = np.arange(len(y)), np.arange(0)
+    fit_idx, val_idx = _split(len(train_idx), y[train_idx], task, options.valid_size, options.seed + 1)
+    fit_idx, val_idx = train_idx[fit_idx], train_idx[val_idx]
+
+    X_fit = table.X.iloc[fit_idx]
+    preprocessors = {s: fit_preprocessor(X_fit, table.columns, s) for s in ("quantile", "robust")}
+    y_mean, y_std = 0.0, 1.0
+    if task == "regression":
+        y_mean, y_std = float(y[fit_idx].mean()), float(y[fit_idx].std()) or 1.0
+    y_model = (y - y_mean) / y_std if task == "regression" else y
+    n_out = 1 if task == "regression" else len(table.classes or [])
+    data = SearchData(
+        X_tr={s: p.transform(X_fit) for s, p in preprocessors.items()},
+        y_tr=y_model[fit_idx],
+        X_va={s: p.transform(table.X.iloc[val_idx]) for s, p in preprocessors.items()},
+        y_va=y_model[val_idx],
+        task=task,
+        n_out=n_out,
+    )
+    spent = time.monotonic() - start
+    search_budget = max(1.0, options.time_budget * (1 - FINALIZE_RESERVE) - spent)
+    with quiet_optuna():
+        study = open_study(options.storage, options.study_name, options.seed, options.resume)
+        result = run_search(
+            data, study, time_budget=search_budget, n_trials=options.n_trials, seed=options.seed,
+            enqueue=[NetConfig()], max_steps=options.max_steps, on_progress=on_progress,
+        )
+    best = result.best
+    if best is None:  # the best trial ran in an earlier, resumed process: train it again
+        best = train_network(
+            data.X_tr[result.best_config.scaling], data.y_tr, data.X_va[result.best_config.scaling], data.y_va,
+            task, n_out, result.best_config, seed=options.seed + result.best_trial,
+        )
+    preprocessor = preprocessors[result.best_config.scaling]
+    fitted = FittedModel(
+        columns=table.schema(),
+        target=table.target,
+        task=task,
+        classes=table.classes,
+        preprocessor=preprocessor,
+        config=result.best_config,
+        state_dict={k: v.detach().clone() for k, v in best.model.state_dict().items()},
+        n_in=preprocessor.n_features_out,
+        n_out=n_out,
+        y_mean=y_mean,
+        y_std=y_std,
+        valid_score=result.best_score,
+        leaderboard=result.leaderboard,
+        provenance={
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "n_rows": table.n_rows,
+            "n_train_rows": int(len(fit_idx)),
+            "n_valid_rows": int(len(val_idx)),
+            "n_test_rows": int(len(test_idx)),
+            "seed": options.seed,
+            "time_budget": options.time_budget,
+            "study_name": result.study_name,
+            "n_trials_complete": result.n_complete,
+            "n_trials_pruned": result.n_pruned,
+            "metric": metric_name(task),
+            "fit_seconds": None,
+        },
+    )
+    if len(test_idx):
+        pred = fitted.predict_raw(preprocessor.transform(table.X.iloc[test_idx]))
+        fitted.metrics = all_metrics(task, y[test_idx], pred)
+    fitted.provenance["fit_seconds"] = round(time.monotonic() - start, 2)
+    return fitted

@@ -1,0 +1,47 @@
+"""Scores used for selection (ROC-AUC or R², higher is better) and for reports."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score, roc_auc_score
+
+
+def roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    """Binary AUC, or macro one-vs-rest over the classes present in ``y``.
+
+    Small validation splits often miss a rare class; those classes are skipped
+    instead of failing the whole score.
+    """
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(y, proba[:, 1])) if len(np.unique(y)) == 2 else float("nan")
+    aucs = [
+        roc_auc_score(y == k, proba[:, k])
+        for k in range(proba.shape[1])
+        if 0 < np.sum(y == k) < len(y)
+    ]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def selection_score(task: str, y: np.ndarray, pred: np.ndarray) -> float:
+    """The one number the search maximises: ROC-AUC for classes, R² for regression."""
+    if task == "regression":
+        return float(r2_score(y, pred))
+    return roc_auc(y, pred)
+
+
+def all_metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    if task == "regression":
+        return {
+            "r2": float(r2_score(y, pred)),
+            "rmse": float(np.sqrt(mean_squared_error(y, pred))),
+        }
+    labels = np.arange(pred.shape[1])
+    return {
+        "roc_auc": roc_auc(y, pred),
+        "log_loss": float(log_loss(y, pred, labels=labels)),
+        "accuracy": float(accuracy_score(y, pred.argmax(axis=1))),
+    }
+
+
+def metric_name(task: str) -> str:
+    return "r2" if task == "regression" else "roc_auc"

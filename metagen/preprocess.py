@@ -1,0 +1,155 @@
+"""Stage 2 of ``fit``: columns become a float matrix, with state that is plain JSON.
+
+Fitted on training rows only. The same code prepares tables for meta-training
+(``task_corpus``) so the meta-model sees tables exactly as ``fit`` will.
+
+- numbers: quantile-to-normal (default) or robust scaling with smooth clipping;
+- categories: one-hot for up to ``MAX_ONEHOT`` levels, log-frequency beyond;
+  unseen levels at predict time map to all-zeros / frequency zero;
+- missing values: imputed (to the median, i.e. 0 after scaling) plus an indicator
+  column when the training rows had any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from metagen.table import ColumnInfo
+
+NumericScaling = Literal["quantile", "robust"]
+MAX_ONEHOT = 10
+N_QUANTILES = 64
+_CLIP = 5.0
+
+
+@dataclass
+class ColumnState:
+    """How one input column becomes one or more output columns."""
+
+    name: str
+    kind: str
+    indicator: bool = False
+    # numeric
+    quantiles: list[float] = field(default_factory=list)
+    normals: list[float] = field(default_factory=list)
+    center: float = 0.0
+    scale: float = 1.0
+    # categorical / boolean: level strings; frequency encoding stores log frequencies
+    levels: list[str] = field(default_factory=list)
+    log_freq: list[float] = field(default_factory=list)
+    unseen: float = 0.0  # log frequency given to levels never seen in training
+
+    @property
+    def width(self) -> int:
+        return (len(self.levels) if self.kind == "onehot" else 1) + int(self.indicator)
+
+
+@dataclass
+class Preprocessor:
+    """Fitted preprocessing; ``to_json``/``from_json`` round-trip it exactly."""
+
+    scaling: NumericScaling
+    columns: list[ColumnState]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def n_features_out(self) -> int:
+        return sum(c.width for c in self.columns)
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """Rows to a float32 matrix; ``X`` must hold every input column (extra ones are ignored)."""
+        out = np.empty((len(X), self.n_features_out), dtype=np.float32)
+        j = 0
+        for state in self.columns:
+            block = _transform_column(state, X[state.name], self.scaling)
+            out[:, j : j + block.shape[1]] = block
+            j += block.shape[1]
+        return out
+
+    def to_json(self) -> dict:
+        return {"scaling": self.scaling, "columns": [asdict(c) for c in self.columns]}
+
+    @classmethod
+    def from_json(cls, state: dict) -> "Preprocessor":
+        return cls(state["scaling"], [ColumnState(**c) for c in state["columns"]])
+
+
+def fit_preprocessor(X: pd.DataFrame, columns: list[ColumnInfo], scaling: NumericScaling = "quantile") -> Preprocessor:
+    states = [_fit_column(X[c.name], c) for c in columns if c.used]
+    return Preprocessor(scaling, states)
+
+
+def _fit_column(col: pd.Series, info: ColumnInfo) -> ColumnState:
+    has_missing = bool(col.isna().any())
+    if info.kind == "numeric":
+        values = _as_float(col)
+        values = values[np.isfinite(values)]
+        if values.size == 0:  # every training value missing: a constant after imputation
+            values = np.zeros(1)
+        probs = np.linspace(0.0, 1.0, min(N_QUANTILES, max(2, np.unique(values).size)))
+        q = np.quantile(values, probs)
+        # Repeated quantiles (discrete columns) map to the mean of their probabilities.
+        uq, inverse = np.unique(q, return_inverse=True)
+        up = np.bincount(inverse, weights=probs) / np.bincount(inverse)
+        eps = 0.5 / (len(values) + 1)
+        normals = ndtri(np.clip(up, eps, 1 - eps))
+        median = float(np.median(values))
+        q25, q75 = np.quantile(values, [0.25, 0.75])
+        scale = float(q75 - q25) or float(np.std(values)) or 1.0
+        return ColumnState(
+            info.name, "numeric", has_missing, uq.tolist(), normals.tolist(), median, scale / 1.349
+        )
+    levels = col.dropna().astype(str).value_counts()
+    if info.kind == "boolean" or len(levels) <= MAX_ONEHOT:
+        kind = "binary" if info.kind == "boolean" and not has_missing else "onehot"
+        names = sorted(levels.index) if kind == "binary" else list(levels.index)
+        return ColumnState(info.name, kind, has_missing, levels=names)
+    freq = np.log((levels.to_numpy() + 1.0) / (len(col) + 1.0))
+    center, scale = float(freq.mean()), float(freq.std()) or 1.0
+    return ColumnState(
+        info.name, "frequency", has_missing, levels=list(levels.index), log_freq=freq.tolist(),
+        unseen=float(np.log(1.0 / (len(col) + 1.0))), center=center, scale=scale,
+    )
+
+
+def _as_float(col: pd.Series) -> np.ndarray:
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _transform_column(state: ColumnState, col: pd.Series, scaling: NumericScaling) -> np.ndarray:
+    n = len(col)
+    missing = col.isna().to_numpy()
+    if state.kind == "numeric":
+        x = _as_float(col)
+        missing = np.isnan(x)
+        # Missing values take the median; infinities the extremes. Both end up clipped.
+        x = np.nan_to_num(x, nan=state.center, posinf=1e300, neginf=-1e300)
+        if scaling == "quantile":
+            z = np.interp(x, state.quantiles, state.normals)
+        else:
+            r = (x - state.center) / state.scale
+            z = r / np.sqrt(1.0 + (r / 3.0) ** 2)
+        z = np.clip(z, -_CLIP, _CLIP)
+        block = z[:, None]
+    else:
+        text = col.astype(str).to_numpy()
+        if state.kind == "binary":
+            block = np.where(text == state.levels[1], 1.0, -1.0)[:, None]
+        elif state.kind == "onehot":
+            block = (text[:, None] == np.asarray(state.levels, dtype=object)[None, :]).astype(np.float64)
+        else:
+            lookup = dict(zip(state.levels, state.log_freq))
+            f = np.fromiter((lookup.get(t, state.unseen) for t in text), dtype=np.float64, count=n)
+            block = ((f - state.center) / state.scale)[:, None]
+        block[missing] = 0.0
+    if state.indicator:
+        block = np.concatenate([block, missing[:, None].astype(np.float64)], axis=1)
+    return block

@@ -1,0 +1,308 @@
+"""Stage 1 of ``fit``: a CSV file or DataFrame becomes a :class:`Table`.
+
+A table knows its columns and their kinds, its target and the task kind. Everything
+later (preprocessing, search, the model file) reads this schema instead of guessing
+again, so one decision about a column is made in exactly one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import gzip
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from metagen.errors import DataError, TargetError
+
+log = logging.getLogger(__name__)
+
+TaskKind = Literal["binary", "multiclass", "regression"]
+ColumnKind = Literal["numeric", "categorical", "boolean", "constant", "id"]
+
+TARGET_NAMES = ("target", "class", "label", "y")
+MAX_CLASSES = 200
+MIN_ROWS = 5
+# An integer target with at most this many distinct values is read as classes.
+MAX_INTEGER_CLASSES = 30
+_SNIFF_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """One feature column as metagen sees it."""
+
+    name: str
+    kind: ColumnKind
+    n_unique: int
+    n_missing: int
+
+    @property
+    def used(self) -> bool:
+        """Constant and id-like columns carry no signal a model could generalise from."""
+        return self.kind not in ("constant", "id")
+
+
+@dataclass
+class Table:
+    """Features, target and the decisions made about them."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    target: str
+    task: TaskKind
+    columns: list[ColumnInfo]
+    classes: list | None = None
+    target_guessed: bool = False
+    n_dropped_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.X)
+
+    @property
+    def metric(self) -> str:
+        return "r2" if self.task == "regression" else "roc_auc"
+
+    def schema(self) -> list[dict]:
+        return [asdict(c) for c in self.columns]
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a delimited text file, sniffing the delimiter and falling back on encodings."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"File not found: {path}.", "Check the path and try again.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a table.", "Pass the path of a CSV file.")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise DataError(f"Cannot read {path}: {exc}.", "Is it a readable CSV file?") from exc
+    if not head.strip():
+        raise DataError(f"{path} is empty.", "Pass a CSV file with a header row and data rows.")
+    encoding = _detect_encoding(head)
+    text = head.decode(encoding, errors="replace")
+    sep = _sniff_delimiter(text, path)
+    try:
+        df = pd.read_csv(path, sep=sep, encoding=encoding, low_memory=False, skipinitialspace=True)
+    except pd.errors.ParserError as exc:
+        raise DataError(
+            f"{path} is not a regular table: {str(exc).strip()}.",
+            "Every row needs the same number of fields as the header; check for stray delimiters.",
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path} has no columns.", "Pass a CSV file with a header row.") from exc
+    if encoding == "latin-1":
+        log.warning("%s is not valid UTF-8; read it as Latin-1.", path)
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _detect_encoding(head: bytes) -> str:
+    for encoding in ("utf-8-sig", "utf-8"):
+        try:
+            head.decode(encoding)
+            return encoding
+        except UnicodeDecodeError as exc:
+            # A multi-byte character cut at the end of the sniffed block is still UTF-8.
+            if exc.start >= len(head) - 3:
+                return encoding
+    return "latin-1"
+
+
+def _sniff_delimiter(text: str, path: Path) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()][:50]
+    if len(lines) > 1 and not text.endswith("\n"):
+        lines = lines[:-1]  # the sniffed block may end mid-row
+    sample = "\n".join(lines)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        if path.suffix in (".tsv", ".gz") or "\t" in lines[0]:
+            return "\t"
+        return ","
+
+
+def make_table(
+    data: pd.DataFrame,
+    target: str | None = None,
+    task: TaskKind | None = None,
+) -> Table:
+    """Pick the target, infer the task and the column kinds, and drop unlabelled rows."""
+    if data.shape[1] == 0:
+        raise DataError("The table has no columns.", "Pass a table with a header row.")
+    _check_unique_names(data)
+    target, guessed = _resolve_target(data, target)
+    if len(data) == 0:
+        raise DataError("The table has a header but no data rows.", "Add rows to the file.")
+    if len(data) < MIN_ROWS:
+        raise DataError(f"The table has {len(data)} sample(s); metagen needs at least {MIN_ROWS} rows.")
+    y_raw = data[target]
+    keep = y_raw.notna().to_numpy()
+    notes: list[str] = []
+    n_dropped = int((~keep).sum())
+    if n_dropped == len(data):
+        raise TargetError(f"The target column '{target}' is empty in every row.", "Pick another target column.")
+    if n_dropped:
+        msg = f"Dropped {n_dropped} row(s) whose target '{target}' is missing."
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+    X = data.drop(columns=[target]).loc[keep].reset_index(drop=True)
+    y_raw = y_raw.loc[keep].reset_index(drop=True)
+    if X.shape[1] == 0:
+        raise DataError("The table has a target but no feature columns.", "Add at least one feature column.")
+    task = task or infer_task(y_raw)
+    y, classes = _encode_target(y_raw, task, target)
+    columns = [describe_column(X[c]) for c in X.columns]
+    if not any(c.used for c in columns):
+        raise DataError(
+            "Every feature column is constant or an identifier; there is nothing to learn from.",
+            "Check that the file has informative columns.",
+        )
+    return Table(X, y, target, task, columns, classes, guessed, n_dropped, notes)
+
+
+def _check_unique_names(data: pd.DataFrame) -> None:
+    names = [str(c) for c in data.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(
+            f"Duplicate column names: {', '.join(dupes)}.",
+            "Rename the columns so that each name is used once.",
+        )
+
+
+def _resolve_target(data: pd.DataFrame, target: str | None) -> tuple[str, bool]:
+    names = [str(c) for c in data.columns]
+    if target is not None:
+        if target in names:
+            return target, False
+        close = difflib.get_close_matches(target, names, n=1, cutoff=0.5) or [
+            n for n in names if n.lower() == target.lower()
+        ]
+        hint = f"Did you mean '{close[0]}'?" if close else f"Columns are: {_short_list(names)}."
+        raise TargetError(f"Target column '{target}' is not in the table.", hint)
+    last = names[-1]
+    if last.lower() in TARGET_NAMES:
+        return last, True
+    raise TargetError(
+        f"No target given, and the last column '{last}' is not named {', '.join(TARGET_NAMES)}.",
+        f"Pass --target COLUMN (columns: {_short_list(names)}).",
+    )
+
+
+def _short_list(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def infer_task(y: pd.Series) -> TaskKind:
+    """Strings, booleans and integers with few values are classes; other numbers are regression."""
+    values = y.dropna()
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.isna().any() or values.dtype == bool:
+        return "binary" if values.nunique() == 2 else "multiclass"
+    n_unique = numeric.nunique()
+    integer_valued = bool(np.all(np.mod(numeric.to_numpy(dtype=float), 1) == 0))
+    if n_unique == 2:
+        return "binary"
+    if integer_valued and n_unique <= MAX_INTEGER_CLASSES:
+        return "multiclass"
+    return "regression"
+
+
+def _encode_target(y: pd.Series, task: TaskKind, name: str) -> tuple[np.ndarray, list | None]:
+    if task == "regression":
+        values = pd.to_numeric(y, errors="coerce")
+        if values.isna().any():
+            bad = y[values.isna()].iloc[0]
+            raise TargetError(
+                f"Target '{name}' has non-numeric value {bad!r} but the task is regression.",
+                "Clean the target column, or use --task multiclass.",
+            )
+        arr = values.to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise TargetError(f"Target '{name}' has infinite values.", "Remove or fix those rows.")
+        if np.ptp(arr) == 0:
+            raise TargetError(f"Target '{name}' is constant ({arr[0]:g}).", "A model cannot learn a constant.")
+        return arr, None
+    classes = sorted(pd.unique(y), key=_sort_key)
+    if len(classes) < 2:
+        raise TargetError(
+            f"Target '{name}' has one class only ({classes[0]!r}).",
+            "Classification needs at least two classes in the training rows.",
+        )
+    if len(classes) > MAX_CLASSES:
+        raise TargetError(
+            f"Target '{name}' has {len(classes)} classes (more than {MAX_CLASSES}).",
+            "If it is a number to predict, pass --task regression.",
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    codes = np.fromiter((index[v] for v in y), dtype=np.int64, count=len(y))
+    return codes, [_plain(c) for c in classes]
+
+
+def _sort_key(v: object) -> tuple:
+    return (0, float(v), "") if isinstance(v, (int, float, np.number)) else (1, 0.0, str(v))
+
+
+def _plain(v: object) -> object:
+    """Class labels go to JSON; numpy scalars become Python ones."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def describe_column(col: pd.Series) -> ColumnInfo:
+    """Decide a column's kind from its values alone."""
+    name = str(col.name)
+    n_missing = int(col.isna().sum())
+    values = col.dropna()
+    n_unique = int(values.nunique())
+    if n_unique <= 1:
+        kind: ColumnKind = "constant"
+    elif n_unique == 2:
+        kind = "boolean"
+    elif is_numeric_column(col):
+        kind = "id" if _looks_like_integer_id(name, values) else "numeric"
+    else:
+        kind = "id" if n_unique == len(values) and len(values) >= 20 else "categorical"
+    return ColumnInfo(name, kind, n_unique, n_missing)
+
+
+def is_numeric_column(col: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(col):
+        return False
+    if pd.api.types.is_numeric_dtype(col):
+        return True
+    values = col.dropna()
+    if len(values) == 0:
+        return False
+    parsed = pd.to_numeric(values, errors="coerce")
+    return bool(parsed.notna().mean() >= 0.99)
+
+
+def _looks_like_integer_id(name: str, values: pd.Series) -> bool:
+    """A running number (1, 2, 3, ...) or a unique integer column called ``id``."""
+    if len(values) < 20 or values.nunique() != len(values):
+        return False
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    if not np.all(np.mod(numeric, 1) == 0):
+        return False
+    lname = name.lower()
+    named_id = lname == "id" or lname.endswith("_id") or lname.endswith(" id") or lname in ("index", "row", "rowid")
+    ordered = np.ptp(numeric) == len(numeric) - 1
+    return named_id or ordered
+
+
+def read_table(path: str | Path, target: str | None = None, task: TaskKind | None = None) -> Table:
+    return make_table(read_csv(path), target=target, task=task)
+
