@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
 from metagen.errors import MetaGenError
+from metagen_cli.corpus import corpus_app
 
 app = typer.Typer(
     help="metagen: tabular data in, a ready model file out. A meta-learned start, an Optuna search, no pickle.",
@@ -235,6 +236,9 @@ def evaluate(
         print(json.dumps(metrics))
     else:
         out.print("  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+
+
+app.add_typer(corpus_app, name="corpus")
 
 
 def main() -> None:
