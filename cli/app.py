@@ -1,4 +1,5 @@
-"""The ``metagen`` command. Exit codes: 0 success, 1 a user error (one line, no traceback), 2 usage."""
+"""The ``metagen`` command. Exit codes: 0 success, 1 a user error (one line, no traceback), 2 usage,
+130 interrupted (Ctrl-C; ``fit`` still writes the best model finished so far)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from metagen_cli._common import INTERRUPTED, err, out, user_errors
+from metagen_cli.bench import bench_app
+from metagen_cli.corpus import corpus_app
+from metagen_cli.meta_train import meta_train_command
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
 from metagen.errors import MetaGenError
-from metagen_cli.corpus import corpus_app
 
 app = typer.Typer(
     help="metagen: tabular data in, a ready model file out. A meta-learned start, an Optuna search, no pickle.",
@@ -27,20 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """A user's mistake ends in one plain line and exit code 1; a bug keeps its traceback."""
-    try:
-        yield
-    except MetaGenError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
@@ -77,13 +66,15 @@ def fit(
     time_budget: float = typer.Option(60.0, "--time-budget", "-b", help="Seconds for the whole fit."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model file to write. Default: <data name>.metagen"),
     seed: int = typer.Option(0, help="Random seed."),
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Stop after this many trials (reproducible runs)."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Run exactly this many trials, however long they take (reproducible runs)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL. Default: sqlite:///<output>.optuna.db"),
     resume: bool = typer.Option(False, help="Continue the newest study for this output in --storage."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most gradient steps per trial."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+    no_meta: bool = typer.Option(False, "--no-meta", help="Search from random starts only (the reference search)."),
 ) -> None:
     """Search networks for a table and write the best as a model file."""
+    started = time.monotonic()  # the budget counts reading the file too
     from metagen.fit import FitOptions, fit_table
     from metagen.model_file import save_model
     from metagen.table import read_table
@@ -96,8 +87,10 @@ def fit(
         storage = storage or f"sqlite:///{output.with_suffix('.optuna.db')}"
         _describe(table)
         options = FitOptions(
-            time_budget=time_budget, n_trials=n_trials, seed=seed, storage=storage,
+            time_budget=max(1.0, time_budget - (time.monotonic() - started)), n_trials=n_trials,
+            seed=seed, storage=storage,
             study_name=_study_name(output, storage, resume), resume=resume, max_steps=max_steps,
+            use_meta=not no_meta,
         )
         with Progress(
             TextColumn("[bold]search[/]"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -118,6 +111,9 @@ def fit(
     out.print(f"wrote [bold]{output}[/] in {fitted.provenance['fit_seconds']:.1f}s "
               f"({fitted.provenance['n_trials_complete']} trials, {fitted.provenance['n_trials_pruned']} pruned; "
               f"study '{options.study_name}' in {storage})")
+    if fitted.provenance["interrupted"]:
+        err.print(f"interrupted: wrote best model so far ({fitted.provenance['n_trials_complete']} trials)")
+        raise typer.Exit(INTERRUPTED)
 
 
 def _describe(table) -> None:
@@ -138,10 +134,10 @@ def _describe(table) -> None:
 
 def _leaderboard(rows: list[dict], metric: str, top: int = 5) -> None:
     t = RichTable(title="leaderboard (validation rows)")
-    for col in ("trial", metric, "depth", "width", "activation", "lr", "steps", "seconds"):
+    for col in ("trial", metric, "start", "depth", "width", "activation", "lr", "steps", "seconds"):
         t.add_column(col, justify="right")
     for r in rows[:top]:
-        t.add_row(str(r["trial"]), _fmt(r["score"]), str(r["depth"]), str(r["width"]), r["activation"],
+        t.add_row(str(r["trial"]), _fmt(r["score"]), r["init"], str(r["depth"]), str(r["width"]), r["activation"],
                   f"{r['lr']:.2g}", str(r["steps"]), _fmt(r["seconds"] or float("nan")))
     out.print(t)
 
@@ -239,6 +235,8 @@ def evaluate(
 
 
 app.add_typer(corpus_app, name="corpus")
+app.command("meta-train")(meta_train_command)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

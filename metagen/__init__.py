@@ -12,6 +12,7 @@ from metagen.errors import (
     MetaGenError,
     ModelFileError,
     SchemaError,
+    StorageError,
     TargetError,
 )
 from metagen.estimator import MetaGenClassifier, MetaGenRegressor
@@ -32,6 +33,7 @@ __all__ = [
     "NetConfig",
     "Predictor",
     "SchemaError",
+    "StorageError",
     "Table",
     "TargetError",
     "__version__",

@@ -46,6 +46,8 @@ class NetConfig:
     """Gradient steps (the adaptation budget)."""
     schedule: str = "flat_cosine"
     label_smoothing: float = 0.0
+    init: str = "random"
+    """``random``, or the name of a meta-model member whose learned starting point the network adapts from."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -81,19 +83,35 @@ class NetConfig:
         return replace(self, **changes)
 
 
-def suggest_config(trial: optuna.Trial, max_steps: int | None = None) -> NetConfig:
-    """The ``--no-meta`` search space. It holds RealMLP-TD's ingredients so beating it means something."""
+ARCH_FIELDS = ("depth", "width", "activation", "norm", "residual", "scale_layer", "scaling")
+
+
+def suggest_config(trial: optuna.Trial, max_steps: int | None = None,
+                   members: dict[str, NetConfig] | None = None) -> NetConfig:
+    """The search space. Without ``members`` it is the ``--no-meta`` space, which holds
+    RealMLP-TD's ingredients so that beating it means something. With meta-model
+    ``members`` (name -> architecture), a trial may instead adapt a member's learned
+    start, whose architecture is then fixed.
+    """
     steps_hi = max_steps or 2000
     steps_lo = min(50, steps_hi)
+    init = trial.suggest_categorical("init", ["random", *members]) if members else "random"
+    if init == "random":
+        arch = dict(
+            depth=trial.suggest_int("depth", 1, 4),
+            width=trial.suggest_categorical("width", [64, 128, 256, 512]),
+            activation=trial.suggest_categorical("activation", list(ACTIVATIONS)),
+            norm=trial.suggest_categorical("norm", list(NORMS)),
+            residual=trial.suggest_categorical("residual", [False, True]),
+            scale_layer=trial.suggest_categorical("scale_layer", [False, True]),
+            scaling=trial.suggest_categorical("scaling", list(SCALINGS)),
+        )
+    else:
+        arch = {k: getattr(members[init], k) for k in ARCH_FIELDS}
     return NetConfig(
-        depth=trial.suggest_int("depth", 1, 4),
-        width=trial.suggest_categorical("width", [64, 128, 256, 512]),
-        activation=trial.suggest_categorical("activation", list(ACTIVATIONS)),
-        norm=trial.suggest_categorical("norm", list(NORMS)),
+        **arch,
+        init=init,
         dropout=trial.suggest_float("dropout", 0.0, 0.5),
-        residual=trial.suggest_categorical("residual", [False, True]),
-        scale_layer=trial.suggest_categorical("scale_layer", [False, True]),
-        scaling=trial.suggest_categorical("scaling", list(SCALINGS)),
         lr=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
         weight_decay=trial.suggest_float("weight_decay", 1e-7, 1e-2, log=True),
         batch_size=trial.suggest_categorical("batch_size", [64, 128, 256, 512]),
@@ -103,11 +121,15 @@ def suggest_config(trial: optuna.Trial, max_steps: int | None = None) -> NetConf
     )
 
 
-def trial_params(config: NetConfig, max_steps: int | None = None) -> dict[str, Any]:
+def trial_params(config: NetConfig, max_steps: int | None = None, with_init: bool = False) -> dict[str, Any]:
     """Parameters for ``study.enqueue_trial`` so a known configuration is tried first."""
     params = config.to_json()
     steps_hi = max_steps or 2000
     params["steps"] = int(min(max(params["steps"], min(50, steps_hi)), steps_hi))
+    if config.init != "random":  # a member's architecture is not a search parameter
+        params = {k: v for k, v in params.items() if k not in ARCH_FIELDS}
+    if not with_init:
+        params.pop("init")
     return params
 
 

@@ -36,6 +36,9 @@ class ConfigError(MetaGenError, ValueError):
     """An option or parameter has a value metagen cannot use."""
 
 
+class StorageError(MetaGenError):
+    """The Optuna storage cannot be opened or written (locked SQLite file, bad URL)."""
+
 
 class BudgetError(MetaGenError):
     """The time budget ended before any usable model was trained."""

@@ -31,6 +31,7 @@ class _MetaGenBase(BaseEstimator):
         "n_trials": [Interval(Integral, 1, None, closed="left"), None],
         "max_steps": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
+        "use_meta": ["boolean"],
     }
     _task: str | None = None
 
@@ -41,11 +42,13 @@ class _MetaGenBase(BaseEstimator):
         n_trials: int | None = None,
         max_steps: int | None = None,
         random_state: int | None = None,
+        use_meta: bool = True,
     ) -> None:
         self.time_budget = time_budget
         self.n_trials = n_trials
         self.max_steps = max_steps
         self.random_state = random_state
+        self.use_meta = use_meta
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -70,7 +73,7 @@ class _MetaGenBase(BaseEstimator):
         table = make_table(frame.assign(**{_TARGET: y}), target=_TARGET, task=task)
         options = FitOptions(
             time_budget=float(self.time_budget), n_trials=self.n_trials, seed=seed,
-            test_size=0.0, max_steps=self.max_steps,
+            test_size=0.0, max_steps=self.max_steps, use_meta=self.use_meta,
         )
         fitted = fit_table(table, options)
         self.model_ = Predictor(fitted)

@@ -22,14 +22,21 @@ from metagen.errors import ConfigError, DataError
 from metagen.metrics import all_metrics, metric_name
 from metagen.network import MLP
 from metagen.preprocess import Preprocessor, fit_preprocessor
-from metagen.search import Progress, SearchData, open_study, quiet_optuna, run_search
+from metagen.meta_model import MetaModel, member_config, shipped_meta_model
+from metagen.search import Progress, SearchData, open_study, quiet_optuna, run_search, train_config
 from metagen.table import Table
-from metagen.train import predict_array, train_network
+from metagen.train import predict_array
 
 log = logging.getLogger(__name__)
 
 # Share of the budget kept back for preprocessing and finalizing.
 FINALIZE_RESERVE = 0.05
+# Validation and test rows are capped: every trial scores the validation rows many times,
+# and 10,000 rows pin a score down to about 0.01 already.
+MAX_HOLDOUT_ROWS = 10_000
+# A learned start needs fewer and gentler steps than a random one.
+META_STEPS = 200
+META_LR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class FitOptions:
     time_budget: float = 60.0
     """Seconds for the whole fit; the search stops launching and running trials at the deadline."""
     n_trials: int | None = None
-    """Stop after this many trials (for reproducible runs); None: as many as the budget allows."""
+    """Run exactly this many trials, the clock aside (reproducible runs); None: as many as the budget allows."""
     seed: int = 0
     storage: str | None = None
     """Optuna storage URL (``sqlite:///study.db``, any RDB URL); None keeps the study in memory."""
@@ -50,6 +57,8 @@ class FitOptions:
     valid_size: float = 0.2
     max_steps: int | None = None
     """Upper bound of the steps per trial (the search space goes up to 2000)."""
+    use_meta: bool = True
+    """Start trials from the shipped meta-model's learned inits; False is the ``--no-meta`` reference search."""
 
     def __post_init__(self) -> None:
         if not self.time_budget > 0:
@@ -93,10 +102,18 @@ class FittedModel:
         return out * self.y_std + self.y_mean if self.task == "regression" else out
 
 
+def first_configs(meta: MetaModel | None) -> list[NetConfig]:
+    """Tried before the sampler takes over: each meta-model member's learned start, then the default."""
+    members = [] if meta is None else [
+        member_config(arch, steps=META_STEPS, lr=META_LR) for arch, _ in meta.members.values()
+    ]
+    return [*members, NetConfig()]
+
+
 def _split(n: int, y: np.ndarray, task: str, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.arange(n)
     stratify = y if task != "regression" and np.bincount(y).min() >= 2 else None
-    n_hold = max(1, int(round(size * n)))
+    n_hold = min(max(1, int(round(size * n))), MAX_HOLDOUT_ROWS)
     if stratify is not None:
         n_hold = max(n_hold, len(np.unique(y)))
     if n - n_hold < 2:
@@ -143,18 +160,16 @@ def fit_table(
     )
     spent = time.monotonic() - start
     search_budget = max(1.0, options.time_budget * (1 - FINALIZE_RESERVE) - spent)
+    meta = shipped_meta_model() if options.use_meta else None
     with quiet_optuna():
         study = open_study(options.storage, options.study_name, options.seed, options.resume)
         result = run_search(
             data, study, time_budget=search_budget, n_trials=options.n_trials, seed=options.seed,
-            enqueue=[NetConfig()], max_steps=options.max_steps, on_progress=on_progress,
+            enqueue=first_configs(meta), max_steps=options.max_steps, on_progress=on_progress, meta=meta,
         )
     best = result.best
     if best is None:  # the best trial ran in an earlier, resumed process: train it again
-        best = train_network(
-            data.X_tr[result.best_config.scaling], data.y_tr, data.X_va[result.best_config.scaling], data.y_va,
-            task, n_out, result.best_config, seed=options.seed + result.best_trial,
-        )
+        best = train_config(data, result.best_config, seed=options.seed + result.best_trial, meta=meta)
     preprocessor = preprocessors[result.best_config.scaling]
     fitted = FittedModel(
         columns=table.schema(),
@@ -181,6 +196,7 @@ def fit_table(
             "study_name": result.study_name,
             "n_trials_complete": result.n_complete,
             "n_trials_pruned": result.n_pruned,
+            "interrupted": result.interrupted,
             "metric": metric_name(task),
             "fit_seconds": None,
         },

@@ -47,7 +47,3 @@ class MLP(nn.Module):
             h = h + z if self.residual and i > 0 else z
         return self.head(h)
 
-
-def build_network(n_in: int, n_out: int, config: NetConfig, seed: int) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(n_in, n_out, config)

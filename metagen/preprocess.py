@@ -107,7 +107,7 @@ def _fit_column(col: pd.Series, info: ColumnInfo) -> ColumnState:
         return ColumnState(
             info.name, "numeric", has_missing, uq.tolist(), normals.tolist(), median, scale / 1.349
         )
-    levels = col.dropna().astype(str).value_counts()
+    levels = pd.Series(_as_text(col.dropna())).value_counts()
     if info.kind == "boolean" or len(levels) <= MAX_ONEHOT:
         kind = "binary" if info.kind == "boolean" and not has_missing else "onehot"
         names = sorted(levels.index) if kind == "binary" else list(levels.index)
@@ -124,6 +124,16 @@ def _as_float(col: pd.Series) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def _as_text(col: pd.Series) -> np.ndarray:
+    """Levels as strings; a whole float prints as an integer, so 1.0 from a column with gaps is level "1"."""
+    text = col.astype(str).to_numpy(dtype=object)
+    if pd.api.types.is_float_dtype(col):
+        x = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(x) & (np.abs(x) < 2**53) & (x == np.round(x))
+        text[whole] = x[whole].astype(np.int64).astype(str)
+    return text
+
+
 def _transform_column(state: ColumnState, col: pd.Series, scaling: NumericScaling) -> np.ndarray:
     n = len(col)
     missing = col.isna().to_numpy()
@@ -135,12 +145,13 @@ def _transform_column(state: ColumnState, col: pd.Series, scaling: NumericScalin
         if scaling == "quantile":
             z = np.interp(x, state.quantiles, state.normals)
         else:
-            r = (x - state.center) / state.scale
+            with np.errstate(over="ignore"):  # huge values become +-inf here, then +-1e6
+                r = np.clip((x - state.center) / state.scale, -1e6, 1e6)
             z = r / np.sqrt(1.0 + (r / 3.0) ** 2)
         z = np.clip(z, -_CLIP, _CLIP)
         block = z[:, None]
     else:
-        text = col.astype(str).to_numpy()
+        text = _as_text(col)
         if state.kind == "binary":
             block = np.where(text == state.levels[1], 1.0, -1.0)[:, None]
         elif state.kind == "onehot":

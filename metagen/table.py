@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import difflib
 import gzip
+import io
 import logging
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ MIN_ROWS = 5
 # An integer target with at most this many distinct values is read as classes.
 MAX_INTEGER_CLASSES = 30
 _SNIFF_BYTES = 64 * 1024
+# Numbers written for people: "1,234.5" (thousands commas) or "1.234,5" / "0,5" (decimal commas).
+_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?|[-+]?\d+(\.\d+)?")
+_DECIMAL_COMMA = re.compile(r"[-+]?\d{1,3}(\.\d{3})*(,\d+)?|[-+]?\d+(,\d+)?")
 
 
 @dataclass(frozen=True)
@@ -90,11 +95,16 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise DataError(f"Cannot read {path}: {exc}.", "Is it a readable CSV file?") from exc
     if not head.strip():
         raise DataError(f"{path} is empty.", "Pass a CSV file with a header row and data rows.")
+    if b"\x00" in head:
+        raise DataError(f"{path} is a binary file, not a text table.", "Export the data as CSV first.")
     encoding = _detect_encoding(head)
     text = head.decode(encoding, errors="replace")
     sep = _sniff_delimiter(text, path)
+    header = [name.strip() for name in next(csv.reader(io.StringIO(text), delimiter=sep), [])]
+    _check_unique_names(pd.DataFrame(columns=header))  # pandas would rename duplicates to "a.1"
     try:
-        df = pd.read_csv(path, sep=sep, encoding=encoding, low_memory=False, skipinitialspace=True)
+        df = pd.read_csv(path, sep=sep, encoding=encoding, low_memory=False, skipinitialspace=True,
+                         na_values=["?"])
     except pd.errors.ParserError as exc:
         raise DataError(
             f"{path} is not a regular table: {str(exc).strip()}.",
@@ -105,7 +115,28 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if encoding == "latin-1":
         log.warning("%s is not valid UTF-8; read it as Latin-1.", path)
     df.columns = [str(c).strip() for c in df.columns]
+    for name in df.select_dtypes(include=["object", "string"]).columns:
+        df[name] = _parse_written_numbers(df[name], decimal_comma_first=sep == ";")
     return df
+
+
+def _parse_written_numbers(col: pd.Series, decimal_comma_first: bool) -> pd.Series:
+    """A text column of numbers with thousands separators or decimal commas becomes numbers.
+
+    "1,250" is ambiguous; files separated by ';' usually write decimal commas, others thousands.
+    """
+    levels = pd.Series(col.dropna().unique()).astype(str).str.strip()
+    if levels.empty or not levels.str.contains(",", regex=False).any():
+        return col
+    thousands = (_THOUSANDS, {",": ""})
+    decimal = (_DECIMAL_COMMA, {".": "", ",": "."})
+    for pattern, replace in (decimal, thousands) if decimal_comma_first else (thousands, decimal):
+        if levels.str.fullmatch(pattern).all():
+            text = col.astype("string").str.strip()
+            for old, new in replace.items():
+                text = text.str.replace(old, new, regex=False)
+            return pd.to_numeric(text).astype(np.float64)
+    return col
 
 
 def _detect_encoding(head: bytes) -> str:
@@ -141,12 +172,19 @@ def make_table(
     """Pick the target, infer the task and the column kinds, and drop unlabelled rows."""
     if data.shape[1] == 0:
         raise DataError("The table has no columns.", "Pass a table with a header row.")
+    if data.shape[1] == 1:
+        raise DataError(
+            f"The table has one column only ({str(data.columns[0])[:60]!r}); metagen needs a target and features.",
+            "If the file uses another delimiter, separate its fields with , ; tab or |.",
+        )
     _check_unique_names(data)
     target, guessed = _resolve_target(data, target)
     if len(data) == 0:
         raise DataError("The table has a header but no data rows.", "Add rows to the file.")
     if len(data) < MIN_ROWS:
-        raise DataError(f"The table has {len(data)} sample(s); metagen needs at least {MIN_ROWS} rows.")
+        raise DataError(
+            f"The table has {len(data)} sample(s); metagen needs at least {MIN_ROWS} rows.", "Add rows to the file."
+        )
     y_raw = data[target]
     keep = y_raw.notna().to_numpy()
     notes: list[str] = []
@@ -187,10 +225,9 @@ def _resolve_target(data: pd.DataFrame, target: str | None) -> tuple[str, bool]:
     if target is not None:
         if target in names:
             return target, False
-        close = difflib.get_close_matches(target, names, n=1, cutoff=0.5) or [
-            n for n in names if n.lower() == target.lower()
-        ]
-        hint = f"Did you mean '{close[0]}'?" if close else f"Columns are: {_short_list(names)}."
+        lower = {n.lower(): n for n in names}
+        close = difflib.get_close_matches(target.lower(), list(lower), n=1, cutoff=0.5)
+        hint = f"Did you mean '{lower[close[0]]}'?" if close else f"Columns are: {_short_list(names)}."
         raise TargetError(f"Target column '{target}' is not in the table.", hint)
     last = names[-1]
     if last.lower() in TARGET_NAMES:

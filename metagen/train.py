@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from metagen.config import NetConfig, lr_at
 from metagen.metrics import selection_score
-from metagen.network import MLP, build_network
+from metagen.network import MLP
 
 # Validation scores are taken on a grid of steps shared by all trials, so the
 # pruner compares trials at the same point of training.
@@ -53,8 +53,8 @@ def predict_array(model: MLP, X: np.ndarray, task: str, batch: int = 8192) -> np
 def train_network(
     X_tr: np.ndarray,
     y_tr: np.ndarray,
-    X_va: np.ndarray,
-    y_va: np.ndarray,
+    X_va: np.ndarray | None,
+    y_va: np.ndarray | None,
     task: str,
     n_out: int,
     config: NetConfig,
@@ -62,15 +62,22 @@ def train_network(
     seed: int = 0,
     deadline: float | None = None,
     on_eval: Callable[[int, float], None] | None = None,
+    init: MLP | None = None,
 ) -> TrainResult:
-    """Train from a seeded random start; keep the weights of the best validation score.
+    """Train from ``init`` (a learned starting point) or a seeded random start.
 
-    ``y_va`` for regression is in the same (standardised) units as ``y_tr``.
+    With validation rows, keep the weights of the best validation score; without,
+    return the weights after the last step. ``y_va`` for regression is in the same
+    (standardised) units as ``y_tr``.
     """
-    model = build_network(X_tr.shape[1], n_out, config, seed)
-    if task == "regression":
-        torch.nn.init.zeros_(model.head.weight)
-        torch.nn.init.zeros_(model.head.bias)
+    torch.manual_seed(seed)  # the random start and the dropout masks both follow the seed
+    if init is not None:
+        model = copy.deepcopy(init)
+    else:
+        model = MLP(X_tr.shape[1], n_out, config)
+        if task == "regression":
+            torch.nn.init.zeros_(model.head.weight)
+            torch.nn.init.zeros_(model.head.bias)
     gen = torch.Generator().manual_seed(seed)
     scale_params = [model.scale] if model.scale is not None else []
     other = [p for n, p in model.named_parameters() if n != "scale"]
@@ -106,7 +113,7 @@ def train_network(
         loss.backward()
         opt.step()
         hit_deadline = deadline is not None and time.monotonic() > deadline
-        if step % eval_every == 0 or step == config.steps or hit_deadline:
+        if X_va is not None and (step % eval_every == 0 or step == config.steps or hit_deadline):
             score = selection_score(task, y_va, predict_array(model, X_va, task))
             score = score if np.isfinite(score) else -np.inf
             history.append((step, score))
@@ -116,9 +123,9 @@ def train_network(
                 on_eval(step, score)
         if hit_deadline:
             break
-    if config.steps == 0:
-        score = selection_score(task, y_va, predict_array(model, X_va, task))
-        best = TrainResult(model, score if np.isfinite(score) else -np.inf, 0)
+    if config.steps == 0 or X_va is None:
+        score = -np.inf if X_va is None else selection_score(task, y_va, predict_array(model, X_va, task))
+        best = TrainResult(model, score if np.isfinite(score) else -np.inf, config.steps)
     best.history, best.hit_deadline = history, hit_deadline
     best.model.eval()
     return best

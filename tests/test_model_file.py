@@ -1,5 +1,6 @@
 """Model files load without pickle, and every kind of bad file gets a clear error."""
 
+import hashlib
 import json
 import pickle
 import zipfile
@@ -7,6 +8,9 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 import metagen
 from metagen import FitOptions, ModelFileError, fit_table, make_table
@@ -51,7 +55,9 @@ class Boom:
         return (print, ("pwned",))
 
 
-@pytest.mark.parametrize("case", ["pickle", "traversal", "truncated", "newer", "shape", "checksum", "not_zip"])
+@pytest.mark.parametrize(
+    "case", ["pickle", "traversal", "truncated", "newer", "shape", "weights_shape", "checksum", "not_zip"]
+)
 def test_bad_files_get_clear_errors(saved, tmp_path, case, capsys):
     path, _ = saved
     bad = tmp_path / "bad.metagen"
@@ -72,6 +78,15 @@ def test_bad_files_get_clear_errors(saved, tmp_path, case, capsys):
             s["config"]["width"] *= 2
             return s
         _rewrite(path, bad, spec=widen)
+        match = "shapes do not match"
+    elif case == "weights_shape":  # other tensors under a valid checksum
+        with zipfile.ZipFile(path) as zf:
+            state = load_safetensors(zf.read(WEIGHTS))
+        name = next(iter(state))
+        state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)
+        weights = save_safetensors(state)
+        _rewrite(path, bad, weights=weights,
+                 spec=lambda s: {**s, "weights": {**s["weights"], "sha256": hashlib.sha256(weights).hexdigest()}})
         match = "shapes do not match"
     elif case == "checksum":
         with zipfile.ZipFile(path) as zf:

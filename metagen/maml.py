@@ -1,0 +1,303 @@
+"""The MAML engine: a learned initialization that adapts to any table in a few steps.
+
+Width-agnostic front: the first layer's weight for each input column is *generated*
+from that column's statistics on the support rows (a network shared over columns,
+as in HyperFast / MotherNet) plus a fixed random part, so the same meta-learned
+weights serve tables with any number and order of columns. Hidden layers start from
+meta-learned weights. The head starts from the support set: class prototypes for
+classification (Proto-MAML), a closed-form ridge fit for regression.
+
+Everything is a pure function of a parameter dict, so one code path serves CPU and
+CUDA, ``torch.func.grad`` takes the inner steps, and ``torch.func.vmap`` runs a batch
+of padded tasks at once. ``meta_loss_loop`` computes the same meta-gradient task by
+task; it is the reference the batched engine is tested and benchmarked against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.func import grad, vmap
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+Algorithm = Literal["maml", "fomaml", "reptile"]
+
+N_STATS = 8
+MAX_LOG_LR = math.log(0.5)  # learned inner rates above this make meta-training diverge
+_NEG = -1e4  # logit of a padded class
+
+
+@dataclass(frozen=True)
+class MetaArch:
+    """One member of the meta-learned family of networks."""
+
+    depth: int = 2
+    """Hidden layers (the first one is the generated, width-agnostic layer)."""
+    width: int = 128
+    gen_width: int = 32
+    """Hidden units of the network that turns column statistics into first-layer weights."""
+    inner_steps: int = 5
+    """Steps the per-step inner learning rates are learned for; later steps reuse the last."""
+
+    @property
+    def name(self) -> str:
+        return f"d{self.depth}w{self.width}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TaskBatch:
+    """Padded tasks, leading dimension = task. Row, column and class masks mark what is real."""
+
+    xs: Tensor  # (T, Ns, D)
+    ys: Tensor  # (T, Ns) int64 classes or float standardised values
+    ms: Tensor  # (T, Ns) row mask
+    xq: Tensor  # (T, Nq, D)
+    yq: Tensor
+    mq: Tensor
+    cols: Tensor  # (T, D) column mask
+    classes: Tensor  # (T, C) class mask (one column for regression)
+    noise: Tensor  # (T, D, H) fixed random part of the first layer
+    regression: bool
+
+    def to(self, device: torch.device | str) -> "TaskBatch":
+        moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        return TaskBatch(**moved)
+
+    def task(self, t: int) -> "TaskBatch":
+        """Task ``t`` alone, keeping a leading dimension of one."""
+        parts = {k: (v[t : t + 1] if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        return TaskBatch(**parts)
+
+    @property
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.xs, self.ys, self.ms, self.xq, self.yq, self.mq, self.cols, self.classes, self.noise)
+
+
+def init_params(arch: MetaArch, seed: int = 0) -> Params:
+    """Meta-parameters: column-statistics generator, hidden layers, inner learning rates, head scales."""
+    g = torch.Generator().manual_seed(seed)
+    H, G = arch.width, arch.gen_width
+
+    def uniform(fan_in: int, *shape: int) -> Tensor:
+        bound = 1.0 / math.sqrt(fan_in)
+        return (torch.rand(*shape, generator=g) * 2 - 1) * bound
+
+    p: Params = {
+        "gen.w1": uniform(N_STATS, N_STATS, G),
+        "gen.b1": torch.zeros(G),
+        "gen.w2": uniform(G, G, H) * 0.1,
+        "gen.b2": torch.zeros(H),
+        "gen.log_noise": torch.tensor(0.0),
+        "l0.b": torch.zeros(H),
+    }
+    for i in range(1, arch.depth):
+        p[f"l{i}.w"] = uniform(H, H, H) * math.sqrt(3.0)  # He-uniform-like for ReLU
+        p[f"l{i}.b"] = torch.zeros(H)
+    p["head.log_scale"] = torch.tensor(0.0)
+    p["head.log_ridge"] = torch.tensor(0.0)
+    for name in fast_names(arch):
+        p[f"lr.{name}"] = torch.full((arch.inner_steps,), math.log(0.05))
+    return p
+
+
+def fast_names(arch: MetaArch) -> list[str]:
+    names = ["l0.w", "l0.b"]
+    for i in range(1, arch.depth):
+        names += [f"l{i}.w", f"l{i}.b"]
+    return names + ["head.w", "head.b"]
+
+
+def column_stats(xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor, classes: Tensor, regression: bool) -> Tensor:
+    """Per-column statistics on the support rows, (D, N_STATS); zeros for padded columns.
+
+    Moments say what kind of column it is; the last ones say how it relates to the
+    target, so the generated first layer starts from the informative columns.
+    """
+    n = ms.sum().clamp_min(1.0)
+    w = ms[:, None]
+    mean = (w * xs).sum(0) / n
+    var = (w * (xs - mean) ** 2).sum(0) / n
+    std = (var + 1e-6).sqrt()
+    z = (xs - mean) / std * w
+    skew = (z**3).sum(0) / n
+    kurt = (z**4).sum(0) / n
+    zero = (w * (xs == 0).to(xs.dtype)).sum(0) / n
+    if regression:
+        corr = (z * ys[:, None]).sum(0) / n
+        eta = corr.abs()
+    else:
+        onehot = torch.nn.functional.one_hot(ys, classes.shape[0]).to(xs.dtype) * w
+        n_c = onehot.sum(0)
+        means = onehot.T @ z / n_c.clamp_min(1.0)[:, None]  # (C, D)
+        eta = ((n_c[:, None] / n) * means**2).sum(0).clamp_min(0).sqrt()
+        binary = (classes.sum() == 2).to(xs.dtype)
+        p1 = n_c[1] / n
+        corr = binary * (means[1] - means[0]) * (p1 * (1 - p1)).clamp_min(0).sqrt()
+    stats = torch.stack(
+        [mean, std.log(), skew.clamp(-5, 5) / 5, (kurt.clamp(max=50) + 1).log() / 4, zero, corr, eta,
+         torch.ones_like(mean)],
+        dim=-1,
+    )
+    return stats * cols[:, None]
+
+
+def body_init(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor,
+              classes: Tensor, noise: Tensor, regression: bool) -> Params:
+    """First and hidden layers of one task's starting point (before the head)."""
+    stats = column_stats(xs, ys, ms, cols, classes, regression)
+    hidden = torch.relu(stats @ theta["gen.w1"] + theta["gen.b1"])
+    w0 = hidden @ theta["gen.w2"] + theta["gen.b2"] + theta["gen.log_noise"].exp() * noise
+    d = cols.sum().clamp_min(1.0)
+    fast = {"l0.w": w0 * cols[:, None] * (2.0 / d).sqrt(), "l0.b": theta["l0.b"]}
+    for i in range(1, arch.depth):
+        fast[f"l{i}.w"], fast[f"l{i}.b"] = theta[f"l{i}.w"], theta[f"l{i}.b"]
+    return fast
+
+
+def embed(fast: Params, arch: MetaArch, x: Tensor) -> Tensor:
+    h = torch.relu(x @ fast["l0.w"] + fast["l0.b"])
+    for i in range(1, arch.depth):
+        h = torch.relu(h @ fast[f"l{i}.w"] + fast[f"l{i}.b"])
+    return h
+
+
+def head_init(theta: Params, fast: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor,
+              classes: Tensor, regression: bool) -> Params:
+    """Prototype head (classification) or ridge head (regression) from the support embeddings."""
+    e = embed(fast, arch, xs) * ms[:, None]
+    if regression:
+        n = ms.sum().clamp_min(1.0)
+        mean = e.sum(0) / n
+        ec = (e - mean) * ms[:, None]
+        eye = torch.eye(e.shape[1], dtype=e.dtype, device=e.device)
+        gram = ec.T @ ec + theta["head.log_ridge"].exp() * n * eye
+        w = torch.linalg.solve(gram, ec.T @ (ys * ms))
+        return {**fast, "head.w": w[:, None], "head.b": -(mean @ w)[None]}
+    onehot = torch.nn.functional.one_hot(ys, classes.shape[0]).to(e.dtype) * ms[:, None]
+    protos = onehot.T @ e / onehot.sum(0).clamp_min(1.0)[:, None]  # (C, H)
+    scale = theta["head.log_scale"].exp() / math.sqrt(arch.width)
+    return {**fast, "head.w": 2 * scale * protos.T, "head.b": -scale * (protos**2).sum(-1)}
+
+
+def task_loss(fast: Params, arch: MetaArch, x: Tensor, y: Tensor, m: Tensor, classes: Tensor,
+              regression: bool) -> Tensor:
+    out = embed(fast, arch, x) @ fast["head.w"] + fast["head.b"]
+    if regression:
+        per_row = (out[:, 0] - y) ** 2
+    else:
+        logits = torch.where(classes.bool(), out, torch.full_like(out, _NEG))
+        per_row = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    return (per_row * m).sum() / m.sum().clamp_min(1.0)
+
+
+def start(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor, classes: Tensor,
+          noise: Tensor, regression: bool) -> Params:
+    """One task's starting point: generated first layer, learned hidden layers, support-set head."""
+    fast = body_init(theta, arch, xs, ys, ms, cols, classes, noise, regression)
+    return head_init(theta, fast, arch, xs, ys, ms, classes, regression)
+
+
+def inner_step(theta: Params, fast: Params, arch: MetaArch, step: int, xs: Tensor, ys: Tensor, ms: Tensor,
+               classes: Tensor, regression: bool, first_order: bool) -> Params:
+    """One Meta-SGD step: per-layer, per-step learned learning rates."""
+    g = grad(task_loss)(fast, arch, xs, ys, ms, classes, regression)
+    k = min(step, arch.inner_steps - 1)
+    new = {}
+    for name, value in fast.items():
+        gk = g[name].detach() if first_order else g[name]
+        new[name] = value - theta[f"lr.{name}"][k].clamp(max=MAX_LOG_LR).exp() * gk
+    return new
+
+
+def adapt(theta: Params, arch: MetaArch, steps: int, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor,
+          classes: Tensor, noise: Tensor, regression: bool, first_order: bool = False) -> Params:
+    fast = start(theta, arch, xs, ys, ms, cols, classes, noise, regression)
+    for step in range(steps):
+        fast = inner_step(theta, fast, arch, step, xs, ys, ms, classes, regression, first_order)
+    return fast
+
+
+START_WEIGHT = 0.3
+"""Share of the meta-loss taken at the starting point itself, so step 0 is already a good model."""
+
+
+def _one_task_meta_loss(theta: Params, arch: MetaArch, steps: int, first_order: bool, regression: bool,
+                        xs: Tensor, ys: Tensor, ms: Tensor, xq: Tensor, yq: Tensor, mq: Tensor,
+                        cols: Tensor, classes: Tensor, noise: Tensor) -> Tensor:
+    fast = start(theta, arch, xs, ys, ms, cols, classes, noise, regression)
+    at_start = task_loss(fast, arch, xq, yq, mq, classes, regression)
+    for step in range(steps):
+        fast = inner_step(theta, fast, arch, step, xs, ys, ms, classes, regression, first_order)
+    at_end = task_loss(fast, arch, xq, yq, mq, classes, regression)
+    return START_WEIGHT * at_start + (1 - START_WEIGHT) * at_end
+
+
+def meta_loss_vmap(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool) -> Tensor:
+    """Mean query loss after ``steps`` inner steps, all tasks of the batch at once."""
+
+    def one(*tensors: Tensor) -> Tensor:
+        return _one_task_meta_loss(theta, arch, steps, first_order, batch.regression, *tensors)
+
+    return vmap(one)(*batch.tensors).mean()
+
+
+def meta_loss_loop(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool) -> Tensor:
+    """The same mean query loss, one task at a time (the reference for the batched engine)."""
+    losses = [
+        _one_task_meta_loss(theta, arch, steps, first_order, batch.regression, *(t[i] for t in batch.tensors))
+        for i in range(batch.xs.shape[0])
+    ]
+    return torch.stack(losses).mean()
+
+
+def reptile_grad(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int) -> Params:
+    """Reptile's pseudo-gradient (theta - adapted weights) for the shared hidden layers; a cheap baseline."""
+    with torch.no_grad():
+        adapted = vmap(
+            lambda *t: adapt(theta, arch, steps, *t[:3], *t[6:], batch.regression, True)
+        )(*batch.tensors)
+    return {k: (theta[k] - adapted[k].mean(0)) for k in adapted if k in theta}
+
+
+def pad_tasks(tasks: list, noise_seed: int, width: int) -> TaskBatch:
+    """Pad tasks of one kind (plain arrays from ``task_corpus``) to common shapes.
+
+    Padded rows have mask 0, padded columns are zeros (they add nothing to the first
+    layer), padded classes get a very negative logit.
+    """
+    regression = tasks[0].kind == "regression"
+    if any((t.kind == "regression") != regression for t in tasks):
+        raise ValueError("pad_tasks takes tasks of one kind: all regression or all classification.")
+    T = len(tasks)
+    ns = max(len(t.y_support) for t in tasks)
+    nq = max(len(t.y_query) for t in tasks)
+    d = max(t.X_support.shape[1] for t in tasks)
+    c = 1 if regression else max(t.n_classes for t in tasks)
+    xs, xq = np.zeros((T, ns, d), np.float32), np.zeros((T, nq, d), np.float32)
+    ms, mq = np.zeros((T, ns), np.float32), np.zeros((T, nq), np.float32)
+    ydtype = np.float32 if regression else np.int64
+    ys, yq = np.zeros((T, ns), ydtype), np.zeros((T, nq), ydtype)
+    cols, classes = np.zeros((T, d), np.float32), np.zeros((T, c), np.float32)
+    for i, t in enumerate(tasks):
+        a, b, k = len(t.y_support), len(t.y_query), t.X_support.shape[1]
+        xs[i, :a, :k], xq[i, :b, :k] = t.X_support, t.X_query
+        ms[i, :a], mq[i, :b], cols[i, :k] = 1, 1, 1
+        if regression:
+            mu, sd = float(np.mean(t.y_support)), float(np.std(t.y_support)) or 1.0
+            ys[i, :a], yq[i, :b] = (t.y_support - mu) / sd, (t.y_query - mu) / sd
+            classes[i, 0] = 1
+        else:
+            ys[i, :a], yq[i, :b] = t.y_support, t.y_query
+            classes[i, : t.n_classes] = 1
+    noise = torch.randn(T, d, width, generator=torch.Generator().manual_seed(noise_seed))
+    as_t = torch.from_numpy
+    return TaskBatch(as_t(xs), as_t(ys), as_t(ms), as_t(xq), as_t(yq), as_t(mq), as_t(cols), as_t(classes),
+                     noise, regression)

@@ -1,0 +1,262 @@
+"""The ``meta-train`` flow: task corpus -> batched MAML -> meta-model file.
+
+Tasks of one kind are padded into meta-batches; the engine (``vmap`` or the
+per-task ``loop``) gives the meta-gradient; Adam updates the meta-parameters.
+Checkpoints hold the meta-parameters, Adam's state and the step, so a run resumes
+exactly. Every ``eval_every`` steps the query loss after a few inner steps on fixed
+validation tasks (the dev-eval split, never trained on) draws the meta-validation curve.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from metagen.errors import ConfigError
+from metagen.maml import (
+    Algorithm,
+    MetaArch,
+    Params,
+    TaskBatch,
+    init_params,
+    meta_loss_loop,
+    meta_loss_vmap,
+    pad_tasks,
+    reptile_grad,
+)
+
+Engine = Literal["vmap", "loop"]
+MAX_GRAD_NORM = 1.0  # a few hard tasks otherwise throw the meta-parameters off (seen as loss spikes)
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """How the meta-parameters are trained."""
+
+    steps: int = 400
+    """Outer (meta) steps."""
+    meta_batch: int = 16
+    """Tasks per meta-step, all of one kind (classification or regression)."""
+    inner_steps: int = 5
+    algorithm: Algorithm = "fomaml"
+    """``maml`` (second order), ``fomaml`` (first order) or ``reptile``."""
+    engine: Engine = "vmap"
+    outer_lr: float = 1e-3
+    eval_every: int = 50
+    seed: int = 0
+    pool: int = 2000
+    """Tasks drawn once and reused; drawing is slower than a meta-step on small machines."""
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("maml", "fomaml", "reptile") or self.engine not in ("vmap", "loop"):
+            raise ConfigError(f"Unknown algorithm {self.algorithm!r} or engine {self.engine!r}.",
+                              "Use maml, fomaml or reptile, and vmap or loop.")
+
+
+@dataclass
+class MetaTrainState:
+    theta: Params
+    opt: torch.optim.Adam
+    step: int = 0
+    curve: list[dict] = field(default_factory=list)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible.", "Use --device cpu or auto.")
+    return torch.device(device)
+
+
+def meta_batches(tasks: list, meta_batch: int, width: int, seed: int) -> Iterator[TaskBatch]:
+    """Endless meta-batches of one kind each, alternating kinds in proportion to the pool."""
+    rng = np.random.default_rng(seed)
+    by_kind = {
+        True: [t for t in tasks if t.kind == "regression"],
+        False: [t for t in tasks if t.kind != "regression"],
+    }
+    kinds = [k for k, v in by_kind.items() if v]
+    share = len(by_kind[True]) / max(1, len(tasks))
+    i = 0
+    while True:
+        regression = bool(rng.random() < share) if len(kinds) == 2 else kinds[0]
+        pool = by_kind[regression]
+        chosen = [pool[j] for j in rng.choice(len(pool), min(meta_batch, len(pool)), replace=False)]
+        yield pad_tasks(chosen, seed * 1_000_003 + i, width)
+        i += 1
+
+
+def meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaTrainConfig) -> float:
+    """Fill ``.grad`` of the meta-parameters; return the meta-loss."""
+    if config.algorithm == "reptile":
+        pseudo = reptile_grad(theta, arch, batch, config.inner_steps)
+        for k, v in theta.items():
+            v.grad = pseudo.get(k, torch.zeros_like(v))
+        return float("nan")
+    loss_fn = meta_loss_vmap if config.engine == "vmap" else meta_loss_loop
+    loss = loss_fn(theta, arch, batch, config.inner_steps, config.algorithm == "fomaml")
+    loss.backward()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def validation_loss(theta: Params, arch: MetaArch, batches: list[TaskBatch], steps: int) -> float:
+    """Mean query loss after ``steps`` inner steps (first-order, no meta-gradient needed)."""
+    with torch.enable_grad():  # the inner steps take gradients
+        losses = [float(meta_loss_vmap(theta, arch, b, steps, True).detach()) for b in batches]
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def new_state(arch: MetaArch, config: MetaTrainConfig, device: torch.device) -> MetaTrainState:
+    theta = {k: v.to(device).requires_grad_() for k, v in init_params(arch, config.seed).items()}
+    return MetaTrainState(theta, torch.optim.Adam(theta.values(), lr=config.outer_lr))
+
+
+def save_checkpoint(state: MetaTrainState, path: Path) -> None:
+    tensors = {f"theta/{k}": v.detach().cpu() for k, v in state.theta.items()}
+    for k, v in state.theta.items():
+        for key, value in state.opt.state.get(v, {}).items():
+            tensors[f"adam/{key}/{k}"] = torch.as_tensor(value).detach().cpu().reshape(v.shape if key != "step" else 1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(state.step), "curve": json.dumps(state.curve)})
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, arch: MetaArch, config: MetaTrainConfig, device: torch.device) -> MetaTrainState:
+    state = new_state(arch, config, device)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    with torch.no_grad():
+        for k, v in state.theta.items():
+            v.copy_(tensors[f"theta/{k}"])
+    for k, v in state.theta.items():
+        if f"adam/exp_avg/{k}" in tensors:
+            state.opt.state[v] = {
+                "step": tensors[f"adam/step/{k}"].reshape(()).clone(),
+                "exp_avg": tensors[f"adam/exp_avg/{k}"].to(device),
+                "exp_avg_sq": tensors[f"adam/exp_avg_sq/{k}"].to(device),
+            }
+    state.step = int(meta.get("step", 0))
+    state.curve = json.loads(meta.get("curve", "[]"))
+    return state
+
+
+def meta_train(
+    arch: MetaArch,
+    tasks: list,
+    config: MetaTrainConfig,
+    *,
+    val_tasks: list = (),
+    device: torch.device = torch.device("cpu"),
+    checkpoint: Path | None = None,
+    on_step: Callable[[int, float, dict | None], None] | None = None,
+) -> MetaTrainState:
+    """Train one architecture's meta-parameters on a pool of tasks; resume from ``checkpoint`` if it exists."""
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, arch, config, device)
+    else:
+        state = new_state(arch, config, device)
+    batches = meta_batches(tasks, config.meta_batch, arch.width, config.seed)
+    for _ in range(state.step):  # the stream of batches continues where the checkpoint left it
+        next(batches)
+    val = [pad_tasks([t], 10_000 + i, arch.width).to(device) for i, t in enumerate(val_tasks)]
+    while state.step < config.steps:
+        batch = next(batches).to(device)
+        state.opt.zero_grad(set_to_none=True)
+        loss = meta_gradient(state.theta, arch, batch, config)
+        torch.nn.utils.clip_grad_norm_(list(state.theta.values()), MAX_GRAD_NORM)
+        state.opt.step()
+        state.step += 1
+        point = None
+        if val and (state.step % config.eval_every == 0 or state.step == config.steps):
+            point = {"step": state.step, "val_loss": validation_loss(state.theta, arch, val, arch.inner_steps)}
+            state.curve.append(point)
+        if checkpoint is not None and (point is not None or state.step == config.steps):
+            save_checkpoint(state, checkpoint)
+        if on_step is not None:
+            on_step(state.step, loss, point)
+    return state
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A whole meta-training run: the architecture family and how long each member trains."""
+
+    members: tuple[MetaArch, ...]
+    train: MetaTrainConfig
+    n_support: int = 128
+    n_query: int = 128
+    max_columns: int = 32
+    real_share: float = 0.7
+    n_val_tasks: int = 32
+
+
+PRESETS = {
+    # Minutes on 2 CPU cores: for tests and for trying the pipeline.
+    "small": Preset((MetaArch(depth=1, width=32),), MetaTrainConfig(steps=40, meta_batch=8, pool=120, eval_every=20),
+                    n_val_tasks=8),
+    # What the shipped meta-model is trained with.
+    "full": Preset((MetaArch(depth=2, width=128), MetaArch(depth=3, width=256)),
+                   MetaTrainConfig(steps=500, meta_batch=16, pool=1500, eval_every=50)),
+}
+
+
+def build_meta_model(
+    tables: list,
+    preset: Preset,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    checkpoint_dir: Path | None = None,
+    on_step: Callable[[str, int, float, dict | None], None] | None = None,
+):
+    """Meta-train every member of the preset on tasks from ``tables`` (dev-eval ones only validate)."""
+    from metagen.meta_model import MetaModel
+    from task_corpus import SamplerConfig, TaskSampler
+
+    started = time.monotonic()
+    sampler_config = SamplerConfig(n_support=preset.n_support, n_query=preset.n_query,
+                                   max_columns=preset.max_columns, real_share=preset.real_share)
+    sampler = TaskSampler(tables, sampler_config, seed=seed)
+    pool = [sampler.sample(i) for i in range(preset.train.pool)]
+    val_refs = [r for r in tables if r.split == "dev-eval"]
+    val_tasks = []
+    if val_refs:
+        val_sampler = TaskSampler(val_refs, replace(sampler_config, real_share=1.0), seed=seed + 1,
+                                  exclude_split=None)
+        val_tasks = [val_sampler.sample(i) for i in range(preset.n_val_tasks)]
+    members, curves = {}, {}
+    for arch in preset.members:
+        config = replace(preset.train, seed=seed, inner_steps=arch.inner_steps)
+        checkpoint = None if checkpoint_dir is None else checkpoint_dir / f"{arch.name}.ckpt.safetensors"
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        state = meta_train(
+            arch, pool, config, val_tasks=val_tasks, device=device, checkpoint=checkpoint,
+            on_step=None if on_step is None else (lambda s, l, p, name=arch.name: on_step(name, s, l, p)),
+        )
+        members[arch.name] = (arch, {k: v.detach().cpu() for k, v in state.theta.items()})
+        curves[arch.name] = state.curve
+    spec = {
+        "train_config": asdict(preset.train),
+        "sampler": asdict(sampler_config),
+        "n_tables": len(sampler.tables),
+        "n_excluded_tables": len(sampler.excluded),
+        "n_tasks": len(pool),
+        "validation_curve": curves,
+        "device": str(device),
+        "seconds": round(time.monotonic() - started, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return MetaModel(members, spec)
