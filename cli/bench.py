@@ -1,0 +1,84 @@
+"""``metagen bench``: benchmarks that share one harness and one record format (metagen.bench)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from metagen.errors import MetaGenError
+from metagen_cli.bench_meta import bench_adapt, bench_maml
+
+bench_app = typer.Typer(
+    help="Benchmarks on a suite of tables (a PMLB-format folder, `sklearn` or `synthetic`); records as CSV and JSON.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes comma-separated numbers, e.g. 10,30,60.") from None
+
+
+@bench_app.command()
+def peers(
+    suite: str = typer.Option(..., "--suite", help="Folder of PMLB-format tables, `sklearn` or `synthetic`."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only tables of this manifest split, e.g. dev-eval."),
+    budgets: str = typer.Option("10,30,60", "--budgets", help="Seconds per fit for budgeted methods, comma-separated."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeded train/test splits per table (seeds 0..N-1)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Only these methods, comma-separated (default: all present)."),
+    out_dir: Path = typer.Option(Path("bench-results/peers"), "--out", help="Folder for runs.csv, summary.json, the plot."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Run records as JSON. Default: <out>/runs.json"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of normalised score against fit time. Default: <out>/anytime.png"),
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="Subsample larger training parts (test parts stay whole)."),
+    test_size: float = typer.Option(0.25, "--test-size", help="Share of each table held out for scoring."),
+    threads: int = typer.Option(2, "--threads", help="Threads each method may use; runs are sequential."),
+) -> None:
+    """Every method fits on each table's train part and is scored on its test part, one process per run.
+
+    Re-running with the same --out skips runs already in runs.csv.
+    """
+    from metagen.bench import METHODS, BenchConfig, available, run_benchmark, summarise, summary_table, write_json
+    from metagen.bench.harness import anytime_plot
+
+    budget_list = _numbers(budgets, "--budgets")
+    chosen = METHODS
+    if methods is not None:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = sorted(set(names) - {m.name for m in METHODS})
+        if unknown:
+            raise typer.BadParameter(f"Unknown method(s) {', '.join(unknown)}; known: {', '.join(m.name for m in METHODS)}.")
+        chosen = [m for m in METHODS if m.name in names]
+    present, absent = available(chosen)
+    for name, why in absent.items():
+        err.print(f"[yellow]absent:[/] {name} ({why})", highlight=False)
+    config = BenchConfig(suite, split, test_size, max_train_rows, threads)
+
+    def report(record, i: int, total: int) -> None:
+        detail = f"score {record.score:.4f}  fit {record.fit_s:.1f}s" if record.status == "ok" else record.message
+        err.print(f"[{i}/{total}] {record.dataset} {record.method}: {record.status}  {detail}", highlight=False)
+
+    try:
+        records = run_benchmark(config, present, budget_list, list(range(seeds)), out_dir / "runs.csv", report)
+    except MetaGenError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    rows = summarise(records)
+    title = f"peers on {suite}" + (f" ({split})" if split else "")
+    out.print(summary_table(rows, title))
+    write_json(json_path or out_dir / "runs.json", [vars(r) for r in records])
+    write_json(out_dir / "summary.json", {"suite": suite, "split": split, "budgets": budget_list,
+                                          "absent": absent, "methods": rows})
+    anytime_plot(rows, plot or out_dir / "anytime.png", title)
+    out.print(f"wrote {out_dir / 'runs.csv'}, {json_path or out_dir / 'runs.json'}, {out_dir / 'summary.json'}, "
+              f"{plot or out_dir / 'anytime.png'}")
+
+
+bench_app.command("maml")(bench_maml)
+bench_app.command("adapt")(bench_adapt)
