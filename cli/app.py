@@ -194,7 +194,9 @@ def info(
     for c in spec["columns"]:
         t.add_row(c["name"], c["kind"], str(c["n_unique"]), str(c["n_missing"]))
     out.print(t)
-    out.print("architecture: " + ", ".join(f"{k}={_fmt(v)}" for k, v in spec["config"].items()))
+    for i, member in enumerate(spec["members"]):
+        out.print(f"network {i + 1} (weight {member['weight']:.2f}): "
+                  + ", ".join(f"{k}={_fmt(v)}" for k, v in member["config"].items()))
     out.print("held-back metrics: " + ("  ".join(f"{k} {_fmt(v)}" for k, v in spec["metrics"].items()) or "none"))
     out.print("provenance: " + ", ".join(f"{k}={v}" for k, v in {**spec["provenance"], **spec["versions"]}.items()))
 

@@ -19,13 +19,13 @@ from sklearn.model_selection import train_test_split
 
 from metagen.config import NetConfig
 from metagen.errors import ConfigError, DataError
-from metagen.metrics import all_metrics, metric_name
+from metagen.metrics import all_metrics, metric_name, selection_score
 from metagen.network import MLP
 from metagen.preprocess import Preprocessor, fit_preprocessor
 from metagen.meta_model import MetaModel, member_config, shipped_meta_model
 from metagen.search import Progress, SearchData, open_study, quiet_optuna, run_search, train_config
 from metagen.table import Table
-from metagen.train import predict_array
+from metagen.train import TrainResult, predict_array
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ MAX_HOLDOUT_ROWS = 10_000
 # A learned start needs fewer and gentler steps than a random one.
 META_STEPS = 200
 META_LR = 1e-3
+ENSEMBLE_ROUNDS = 10
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,25 @@ class FitOptions:
 
 
 @dataclass
+class Member:
+    """One network of the final ensemble and its share of the averaged prediction."""
+
+    config: NetConfig
+    state_dict: dict[str, torch.Tensor]
+    weight: float = 1.0
+
+
+@dataclass
 class FittedModel:
-    """Everything the model file holds: plain data and one state dict."""
+    """Everything the model file holds: plain data and the members' state dicts."""
 
     columns: list[dict]
     target: str
     task: str
     classes: list | None
     preprocessor: Preprocessor
-    config: NetConfig
-    state_dict: dict[str, torch.Tensor]
+    members: list[Member]
+    """The best trial's network first; the weights sum to one."""
     n_in: int
     n_out: int
     y_mean: float = 0.0
@@ -89,17 +99,43 @@ class FittedModel:
     leaderboard: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
 
+    @property
+    def config(self) -> NetConfig:
+        """The best trial's configuration."""
+        return self.members[0].config
+
     @cached_property
-    def network(self) -> MLP:
+    def networks(self) -> list[MLP]:
         """In float64: a row's prediction must not depend on which rows share its batch."""
-        model = MLP(self.n_in, self.n_out, self.config)
-        model.load_state_dict(self.state_dict)
-        return model.double().eval()
+        nets = []
+        for member in self.members:
+            model = MLP(self.n_in, self.n_out, member.config)
+            model.load_state_dict(member.state_dict)
+            nets.append(model.double().eval())
+        return nets
 
     def predict_raw(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities or values in target units, from preprocessed rows."""
-        out = predict_array(self.network, X, self.task)
+        """Probabilities or values in target units, from preprocessed rows: the members' weighted mean."""
+        out = sum(m.weight * predict_array(net, X, self.task) for m, net in zip(self.members, self.networks))
         return out * self.y_std + self.y_mean if self.task == "regression" else out
+
+
+def select_ensemble(results: list[TrainResult], X_va: np.ndarray, y_va: np.ndarray, task: str,
+                    rounds: int = ENSEMBLE_ROUNDS) -> list[tuple[int, float]]:
+    """Greedy ensemble selection with replacement (Caruana et al., 2004) on the validation rows.
+
+    ``results`` are ordered best first, so ties keep the better single model. Returns
+    (index, weight) pairs; a single model comes back when no blend scores higher.
+    """
+    preds = [predict_array(r.model, X_va, task) for r in results]
+    counts = np.zeros(len(results))
+    blend = np.zeros_like(preds[0])
+    for n in range(rounds):
+        scores = [selection_score(task, y_va, (blend * n + p) / (n + 1)) for p in preds]
+        j = int(np.nanargmax(scores))
+        counts[j] += 1
+        blend = (blend * n + preds[j]) / (n + 1)
+    return [(int(j), counts[j] / rounds) for j in np.flatnonzero(counts)]
 
 
 def first_configs(meta: MetaModel | None) -> list[NetConfig]:
@@ -167,18 +203,27 @@ def fit_table(
             data, study, time_budget=search_budget, n_trials=options.n_trials, seed=options.seed,
             enqueue=first_configs(meta), max_steps=options.max_steps, on_progress=on_progress, meta=meta,
         )
-    best = result.best
-    if best is None:  # the best trial ran in an earlier, resumed process: train it again
-        best = train_config(data, result.best_config, seed=options.seed + result.best_trial, meta=meta)
-    preprocessor = preprocessors[result.best_config.scaling]
+    scaling = result.best_config.scaling
+    models = dict(result.models)
+    if result.best_trial not in models:  # the best trial ran in an earlier, resumed process: train it again
+        models[result.best_trial] = train_config(data, result.best_config, seed=options.seed + result.best_trial,
+                                                 meta=meta)
+    # Members share the best trial's numeric scaling, so one preprocessor serves them all.
+    order = [result.best_trial] + sorted(
+        (n for n in models if n != result.best_trial and n in result.configs
+         and result.configs[n].scaling == scaling), key=lambda n: -models[n].score)
+    pool = [models[n] for n in order]
+    chosen = select_ensemble(pool, data.X_va[scaling], data.y_va, task)
+    members = [Member(result.configs[order[j]], {k: v.detach().clone() for k, v in pool[j].model.state_dict().items()},
+                      w) for j, w in sorted(chosen, key=lambda jw: (jw[0] != 0, -jw[1]))]
+    preprocessor = preprocessors[scaling]
     fitted = FittedModel(
         columns=table.schema(),
         target=table.target,
         task=task,
         classes=table.classes,
         preprocessor=preprocessor,
-        config=result.best_config,
-        state_dict={k: v.detach().clone() for k, v in best.model.state_dict().items()},
+        members=members,
         n_in=preprocessor.n_features_out,
         n_out=n_out,
         y_mean=y_mean,
@@ -196,6 +241,7 @@ def fit_table(
             "study_name": result.study_name,
             "n_trials_complete": result.n_complete,
             "n_trials_pruned": result.n_pruned,
+            "ensemble_size": len(members),
             "interrupted": result.interrupted,
             "metric": metric_name(task),
             "fit_seconds": None,

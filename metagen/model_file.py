@@ -21,7 +21,7 @@ from safetensors.torch import save as save_safetensors
 
 from metagen.config import NetConfig
 from metagen.errors import ModelFileError
-from metagen.fit import FittedModel
+from metagen.fit import FittedModel, Member
 from metagen.network import MLP
 from metagen.preprocess import Preprocessor
 
@@ -42,7 +42,8 @@ def _versions() -> dict[str, str]:
 def save_model(model: FittedModel, path: str | Path) -> Path:
     """Write atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
-    weights = save_safetensors({k: v.contiguous() for k, v in model.state_dict.items()})
+    tensors = {f"m{i}/{k}": v.contiguous() for i, m in enumerate(model.members) for k, v in m.state_dict.items()}
+    weights = save_safetensors(tensors)
     spec = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -52,7 +53,7 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
         "classes": model.classes,
         "columns": model.columns,
         "preprocessor": model.preprocessor.to_json(),
-        "config": model.config.to_json(),
+        "members": [{"config": m.config.to_json(), "weight": m.weight} for m in model.members],
         "n_in": model.n_in,
         "n_out": model.n_out,
         "y_mean": model.y_mean,
@@ -63,7 +64,7 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
         "provenance": model.provenance,
         "weights": {
             "sha256": hashlib.sha256(weights).hexdigest(),
-            "shapes": {k: list(v.shape) for k, v in model.state_dict.items()},
+            "shapes": {k: list(v.shape) for k, v in tensors.items()},
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,9 +128,10 @@ def read_spec(path: str | Path) -> tuple[dict, bytes]:
 def load_fitted(path: str | Path) -> FittedModel:
     spec, weights = read_spec(path)
     try:
-        config = NetConfig.from_json(spec["config"])
+        configs = [NetConfig.from_json(m["config"]) for m in spec["members"]]
         state = load_safetensors(weights)
-        expected = {k: list(v.shape) for k, v in MLP(spec["n_in"], spec["n_out"], config).state_dict().items()}
+        expected = {f"m{i}/{k}": list(v.shape) for i, config in enumerate(configs)
+                    for k, v in MLP(spec["n_in"], spec["n_out"], config).state_dict().items()}
         found = {k: list(v.shape) for k, v in state.items()}
         if found != expected or spec["weights"]["shapes"] != expected:
             raise ModelFileError(
@@ -142,8 +144,11 @@ def load_fitted(path: str | Path) -> FittedModel:
             task=spec["task"],
             classes=spec["classes"],
             preprocessor=Preprocessor.from_json(spec["preprocessor"]),
-            config=config,
-            state_dict=state,
+            members=[
+                Member(config, {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"m{i}/")},
+                       float(m["weight"]))
+                for i, (config, m) in enumerate(zip(configs, spec["members"]))
+            ],
             n_in=spec["n_in"],
             n_out=spec["n_out"],
             y_mean=spec["y_mean"],

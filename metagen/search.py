@@ -26,6 +26,8 @@ from metagen.train import TrainResult, train_network
 
 log = logging.getLogger(__name__)
 
+# Trained models kept in memory for the final ensemble.
+ENSEMBLE_POOL = 8
 # Seconds a process waits for another one's lock on a shared SQLite study file.
 SQLITE_TIMEOUT = 120.0
 STORAGE_HINT = "For many processes on one study, use an RDB URL (postgresql://... or mysql://...) as --storage."
@@ -56,9 +58,11 @@ class SearchResult:
     best_config: NetConfig
     best_score: float
     best_trial: int
-    best: TrainResult | None
-    """The best trial's trained model, when it ran in this process (not on resume)."""
+    models: dict[int, TrainResult] = field(default_factory=dict)
+    """The best trials' trained models by trial number (those that ran in this process), for the ensemble."""
     leaderboard: list[dict] = field(default_factory=list)
+    configs: dict[int, NetConfig] = field(default_factory=dict)
+    """Every complete trial's configuration by trial number."""
     study_name: str = ""
     n_complete: int = 0
     n_pruned: int = 0
@@ -149,8 +153,7 @@ def run_search(
     """
     start = time.monotonic()
     deadline = None if n_trials is not None else start + time_budget
-    best: TrainResult | None = None
-    best_trial = -1
+    models: dict[int, TrainResult] = {}
     interrupted = False
     members = {name: member_config(arch) for name, (arch, _) in meta.members.items()} if meta else None
     done = [t for t in study.trials if t.state.is_finished()]
@@ -159,7 +162,6 @@ def run_search(
             study.enqueue_trial(trial_params(config, max_steps, with_init=meta is not None), skip_if_exists=True)
 
     def run_trial(trial: optuna.Trial) -> float:
-        nonlocal best, best_trial
         config = suggest_config(trial, max_steps, members)
         trial.set_user_attr("config", config.to_json())
 
@@ -170,8 +172,9 @@ def run_search(
 
         result = train_config(data, config, seed=seed + trial.number, meta=meta, deadline=deadline, on_eval=report)
         trial.set_user_attr("best_step", result.best_step)
-        if best is None or result.score > best.score:
-            best, best_trial = result, trial.number
+        models[trial.number] = result
+        if len(models) > ENSEMBLE_POOL:  # keep memory flat: only the best few models stay
+            del models[min(models, key=lambda n: models[n].score)]
         return result.score
 
     def objective(trial: optuna.Trial) -> float:
@@ -210,12 +213,12 @@ def run_search(
         )
     top = max(complete, key=lambda t: t.value)
     config = NetConfig.from_json(top.user_attrs["config"])
-    result = best if best_trial == top.number else None
     leaderboard = [
         {"trial": t.number, "score": t.value, "seconds": (t.duration.total_seconds() if t.duration else None),
          **t.user_attrs["config"]}
         for t in sorted(complete, key=lambda t: -t.value)
     ]
     n_pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    return SearchResult(config, float(top.value), top.number, result, leaderboard, study.study_name,
+    configs = {t.number: NetConfig.from_json(t.user_attrs["config"]) for t in complete}
+    return SearchResult(config, float(top.value), top.number, models, leaderboard, configs, study.study_name,
                         len(complete), n_pruned, interrupted)

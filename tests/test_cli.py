@@ -50,7 +50,8 @@ def test_fit_predict_info_evaluate(tmp_path, examples, name, target, task, metri
 
     info = metagen("info", model, "--json")
     spec = json.loads(info.stdout)
-    assert spec["task"] == task and spec["columns"] and spec["config"]["depth"] >= 1
+    assert spec["task"] == task and spec["columns"] and spec["members"][0]["config"]["depth"] >= 1
+    assert abs(sum(m["weight"] for m in spec["members"]) - 1) < 1e-9
     assert metric in spec["metrics"] and spec["versions"]["torch"]
     assert metagen("info", model).returncode == 0
 

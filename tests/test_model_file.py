@@ -75,7 +75,7 @@ def test_bad_files_get_clear_errors(saved, tmp_path, case, capsys):
         match = "version 99"
     elif case == "shape":
         def widen(s):
-            s["config"]["width"] *= 2
+            s["members"][0]["config"]["width"] *= 2
             return s
         _rewrite(path, bad, spec=widen)
         match = "shapes do not match"
