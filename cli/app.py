@@ -109,7 +109,8 @@ def fit(
     metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in fitted.metrics.items())
     out.print(f"held-back rows ({fitted.provenance['n_test_rows']}): {metrics}")
     out.print(f"wrote [bold]{output}[/] in {fitted.provenance['fit_seconds']:.1f}s "
-              f"({fitted.provenance['n_trials_complete']} trials, {fitted.provenance['n_trials_pruned']} pruned; "
+              f"({fitted.provenance['n_trials_complete']} trials, {fitted.provenance['n_trials_pruned']} pruned, "
+              f"ensemble of {len(fitted.members)}; "
               f"study '{options.study_name}' in {storage})")
     if fitted.provenance["interrupted"]:
         err.print(f"interrupted: wrote best model so far ({fitted.provenance['n_trials_complete']} trials)")

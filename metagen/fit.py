@@ -29,8 +29,8 @@ from metagen.train import TrainResult, predict_array
 
 log = logging.getLogger(__name__)
 
-# Share of the budget kept back for preprocessing and finalizing.
-FINALIZE_RESERVE = 0.05
+# Share of the budget kept back for finalizing (ensemble selection, scoring, writing), at least a second.
+FINALIZE_RESERVE = 0.08
 # Validation and test rows are capped: every trial scores the validation rows many times,
 # and 10,000 rows pin a score down to about 0.01 already.
 MAX_HOLDOUT_ROWS = 10_000
@@ -195,7 +195,8 @@ def fit_table(
         n_out=n_out,
     )
     spent = time.monotonic() - start
-    search_budget = max(1.0, options.time_budget * (1 - FINALIZE_RESERVE) - spent)
+    reserve = max(1.0, options.time_budget * FINALIZE_RESERVE)
+    search_budget = max(1.0, options.time_budget - reserve - spent)
     meta = shipped_meta_model() if options.use_meta else None
     with quiet_optuna():
         study = open_study(options.storage, options.study_name, options.seed, options.resume)

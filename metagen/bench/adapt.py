@@ -5,8 +5,11 @@ train part, then the held-back score (ROC-AUC or R²) after K adaptation steps
 
 - ``learned``: K Meta-SGD steps from the meta-model's start (the inner loop it was
   trained for: learned per-layer rates, batches of up to 512 rows);
-- ``learned+adam``: the learned start after its inner steps, then K Adam steps;
-- ``random``: K Adam steps from a random init of the same architecture.
+- ``learned+adam``: the learned start after its inner steps, then K Adam steps (what a
+  search trial does);
+- ``random``: K Adam steps from a random init of the same architecture;
+- ``untrained`` and ``untrained+adam``: the same with meta-parameters at their initial
+  values (the ablation: what the start's architecture gives without meta-training).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from metagen.config import NetConfig
+from metagen.maml import init_params
 from metagen.meta_model import MetaModel, initial_network, member_config
 from metagen.metrics import selection_score
 from metagen.preprocess import fit_preprocessor
@@ -61,12 +65,16 @@ def adapt_table(ref: TableRef, meta: MetaModel, member: str, seed: int = 0) -> l
         score = selection_score(task, y_te, predict_array(model, X_te, task))
         rows.append({"dataset": ref.name, "task": task, "member": member, "init": init, "k": k, "score": score})
 
+    untrained = MetaModel({member: (arch, init_params(arch, seed))})
     for k in LEARNED_K:
         record("learned", k, initial_network(meta, member, X_tr, y_tr, task, n_out, plain, steps=k, seed=seed))
-    start = initial_network(meta, member, X_tr, y_tr, task, n_out, plain, steps=arch.inner_steps, seed=seed)
-    for k in ADAM_K:
-        tuned = train_network(X_tr, y_tr, None, None, task, n_out, plain.with_(steps=k), seed=seed, init=start)
-        record("learned+adam", k, tuned.model)
+        record("untrained", k, initial_network(untrained, member, X_tr, y_tr, task, n_out, plain, steps=k,
+                                               seed=seed))
+    for name, model in (("learned", meta), ("untrained", untrained)):
+        start = initial_network(model, member, X_tr, y_tr, task, n_out, plain, steps=arch.inner_steps, seed=seed)
+        for k in ADAM_K:
+            tuned = train_network(X_tr, y_tr, None, None, task, n_out, plain.with_(steps=k), seed=seed, init=start)
+            record(f"{name}+adam", k, tuned.model)
     random_config = NetConfig.from_json({**plain.to_json(), "init": "random"})
     for k in RANDOM_K:
         record("random", k, train_network(X_tr, y_tr, None, None, task, n_out, random_config.with_(steps=k),
