@@ -189,8 +189,7 @@ def summarise(records: list[RunRecord]) -> list[dict]:
         return []
     frame["ok"] = frame["status"] == "ok"
     per = frame.groupby(["dataset", "method"], sort=False).agg(
-        task=("task", "first"), score=("score", "mean"), ok=("ok", "all"), fit_s=("fit_s", "median"),
-    ).reset_index()
+        task=("task", "first"), score=("score", "mean"), ok=("ok", "all")).reset_index()
     per.loc[~per["ok"], "score"] = math.nan
     per["norm"] = 0.0
     per["rank"] = math.nan
