@@ -6,17 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from metagen.errors import MetaGenError
+from metagen_cli._common import err, out, user_errors
 from metagen_cli.bench_meta import bench_adapt, bench_maml
 
 bench_app = typer.Typer(
     help="Benchmarks on a suite of tables (a PMLB-format folder, `sklearn` or `synthetic`); records as CSV and JSON.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
 
 def _numbers(text: str, option: str) -> list[float]:
@@ -64,11 +61,8 @@ def peers(
         detail = f"score {record.score:.4f}  fit {record.fit_s:.1f}s" if record.status == "ok" else record.message
         err.print(f"[{i}/{total}] {record.dataset} {record.method}: {record.status}  {detail}", highlight=False)
 
-    try:
+    with user_errors():
         records = run_benchmark(config, present, budget_list, list(range(seeds)), out_dir / "runs.csv", report)
-    except MetaGenError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
     rows = summarise(records)
     title = f"peers on {suite}" + (f" ({split})" if split else "")
     out.print(summary_table(rows, title))

@@ -86,17 +86,16 @@ class NetConfig:
 ARCH_FIELDS = ("depth", "width", "activation", "norm", "residual", "scale_layer", "scaling")
 
 
-def suggest_config(trial: optuna.Trial, max_steps: int | None = None,
-                   members: dict[str, NetConfig] | None = None) -> NetConfig:
-    """The search space. Without ``members`` it is the ``--no-meta`` space, which holds
-    RealMLP-TD's ingredients so that beating it means something. With meta-model
-    ``members`` (name -> architecture), a trial may instead adapt a member's learned
-    start, whose architecture is then fixed.
+def suggest_config(trial: optuna.Trial, max_steps: int | None = None, member: NetConfig | None = None) -> NetConfig:
+    """The search space, which holds RealMLP-TD's ingredients so that beating it means something.
+
+    A trial that adapts a meta-model ``member``'s learned start keeps that member's
+    architecture and draws only how it trains.
     """
     steps_hi = max_steps or 2000
     steps_lo = min(50, steps_hi)
-    init = trial.suggest_categorical("init", ["random", *members]) if members else "random"
-    if init == "random":
+    init = "random" if member is None else member.init
+    if member is None:
         arch = dict(
             depth=trial.suggest_int("depth", 1, 4),
             width=trial.suggest_categorical("width", [64, 128, 256, 512]),
@@ -107,7 +106,7 @@ def suggest_config(trial: optuna.Trial, max_steps: int | None = None,
             scaling=trial.suggest_categorical("scaling", list(SCALINGS)),
         )
     else:
-        arch = {k: getattr(members[init], k) for k in ARCH_FIELDS}
+        arch = {k: getattr(member, k) for k in ARCH_FIELDS}
     return NetConfig(
         **arch,
         init=init,
@@ -121,15 +120,14 @@ def suggest_config(trial: optuna.Trial, max_steps: int | None = None,
     )
 
 
-def trial_params(config: NetConfig, max_steps: int | None = None, with_init: bool = False) -> dict[str, Any]:
+def trial_params(config: NetConfig, max_steps: int | None = None) -> dict[str, Any]:
     """Parameters for ``study.enqueue_trial`` so a known configuration is tried first."""
     params = config.to_json()
+    params.pop("init")  # which start a trial adapts is not a search parameter
     steps_hi = max_steps or 2000
     params["steps"] = int(min(max(params["steps"], min(50, steps_hi)), steps_hi))
-    if config.init != "random":  # a member's architecture is not a search parameter
+    if config.init != "random":  # a member's architecture is fixed
         params = {k: v for k, v in params.items() if k not in ARCH_FIELDS}
-    if not with_init:
-        params.pop("init")
     return params
 
 

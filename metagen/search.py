@@ -146,8 +146,9 @@ def run_search(
 ) -> SearchResult:
     """Run trials until the deadline, or exactly ``n_trials`` (then the clock does not cut them).
 
-    With a meta-model, trials may adapt one of its members from its learned start
-    instead of training a network from a random one.
+    With a meta-model, the enqueued member configurations adapt that member's learned
+    start; every other trial searches the random-start space, so the learned starts cost
+    a few trials and the search keeps its full reach.
 
     Ctrl-C ends the search early; the result then comes from the trials finished before it.
     """
@@ -155,14 +156,16 @@ def run_search(
     deadline = None if n_trials is not None else start + time_budget
     models: dict[int, TrainResult] = {}
     interrupted = False
-    members = {name: member_config(arch) for name, (arch, _) in meta.members.items()} if meta else None
+    members = {name: member_config(arch) for name, (arch, _) in meta.members.items()} if meta else {}
     done = [t for t in study.trials if t.state.is_finished()]
     if not done:
         for config in enqueue:
-            study.enqueue_trial(trial_params(config, max_steps, with_init=meta is not None), skip_if_exists=True)
+            if config.init == "random" or config.init in members:
+                study.enqueue_trial(trial_params(config, max_steps), user_attrs={"start": config.init},
+                                    skip_if_exists=True)
 
     def run_trial(trial: optuna.Trial) -> float:
-        config = suggest_config(trial, max_steps, members)
+        config = suggest_config(trial, max_steps, members.get(trial.user_attrs.get("start", "random")))
         trial.set_user_attr("config", config.to_json())
 
         def report(step: int, score: float) -> None:
