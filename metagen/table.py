@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from metagen.errors import DataError, TargetError
+from metagen.metrics import metric_name
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Table:
 
     @property
     def metric(self) -> str:
-        return "r2" if self.task == "regression" else "roc_auc"
+        return metric_name(self.task)
 
     def schema(self) -> list[dict]:
         return [asdict(c) for c in self.columns]
