@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from metagen_cli._common import err, out, user_errors
-from metagen_cli.bench_meta import bench_adapt, bench_maml
+from metagen_cli.bench_meta import bench_ablate, bench_adapt, bench_maml
 
 bench_app = typer.Typer(
     help="Benchmarks on a suite of tables (a PMLB-format folder, `sklearn` or `synthetic`); records as CSV and JSON.",
@@ -76,3 +76,4 @@ def peers(
 
 bench_app.command("maml")(bench_maml)
 bench_app.command("adapt")(bench_adapt)
+bench_app.command("ablate")(bench_ablate)

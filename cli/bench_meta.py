@@ -1,4 +1,4 @@
-"""``metagen bench maml`` and ``metagen bench adapt``: the meta-learning benchmarks."""
+"""``metagen bench maml``, ``adapt`` and ``ablate``: the meta-learning benchmarks."""
 
 from __future__ import annotations
 
@@ -75,3 +75,42 @@ def bench_adapt(
     out.print(plain_table(summarise_adapt(records), "mean over tables"))
     if json_path is not None:
         write_json(json_path, records)
+
+
+def bench_ablate(
+    suite: str = SuiteOpt,
+    split: Optional[str] = SplitOpt,
+    corpus: list[str] = typer.Option(
+        ..., "--corpus", "-c",
+        help="Meta-training tables, as `metagen meta-train` takes them (dev-eval tables never train).",
+    ),
+    variants: Optional[str] = typer.Option(None, help="Comma-separated variant names (default: all)."),
+    steps: int = typer.Option(300, help="Meta-steps per architecture for every variant."),
+    pool: int = typer.Option(1500, help="Tasks drawn once and shared by the variants."),
+    seed: int = typer.Option(0),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """What each part of the learned start adds: fronts, Meta-SGD, FiLM, input scaling, supernet slices."""
+    from metagen.bench.ablate import VARIANTS, run_ablation, summarise_ablation
+    from metagen.bench.harness import plain_table, suite_tables, write_json
+    from metagen.errors import MetaGenError
+    from task_corpus import resolve_source
+
+    with user_errors():
+        chosen = VARIANTS
+        if variants:
+            names = [v.strip() for v in variants.split(",")]
+            unknown = [n for n in names if n not in VARIANTS]
+            if unknown:
+                raise MetaGenError(f"Unknown variant(s): {', '.join(unknown)}.", f"Variants: {'; '.join(VARIANTS)}.")
+            chosen = {n: VARIANTS[n] for n in names}
+        eval_refs = suite_tables(suite, split)
+        tables = [ref for spec in corpus for ref in resolve_source(spec)]
+        records, reference, seconds = run_ablation(
+            tables, eval_refs, chosen, steps=steps, pool=pool, seed=seed,
+            on_variant=lambda name, s: err.print(f"{name}: meta-trained in {s:.0f}s, scored"),
+        )
+    summary = summarise_ablation(records, reference, seconds)
+    out.print(plain_table(summary, f"ablation: mean held-back score on {len(eval_refs)} tables"))
+    if json_path is not None:
+        write_json(json_path, {"summary": summary, "records": records, "reference": reference})

@@ -25,6 +25,7 @@ def meta_train_command(
     steps: Optional[int] = typer.Option(None, help="Meta-steps per member (default: the preset's)."),
     algorithm: Optional[str] = typer.Option(None, help="maml, fomaml or reptile (default: the preset's)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    amp: str = typer.Option("auto", help="Mixed precision: auto (bfloat16 on CUDA), bf16 or off."),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Save checkpoints here; an existing one resumes."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -39,7 +40,7 @@ def meta_train_command(
         if preset not in PRESETS:
             raise MetaGenError(f"Unknown preset {preset!r}.", f"Use one of: {', '.join(PRESETS)}.")
         chosen = PRESETS[preset]
-        changes = {k: v for k, v in {"steps": steps, "algorithm": algorithm}.items() if v is not None}
+        changes = {k: v for k, v in {"steps": steps, "algorithm": algorithm, "amp": amp}.items() if v is not None}
         chosen = replace(chosen, train=replace(chosen.train, **changes))
         torch_device = pick_device(device)
         tables = [ref for spec in corpus for ref in resolve_source(spec)]

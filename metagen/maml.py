@@ -16,8 +16,9 @@ task; it is the reference the batched engine is tested and benchmarked against.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ from torch.func import grad, vmap
 Tensor = torch.Tensor
 Params = dict[str, Tensor]
 Algorithm = Literal["maml", "fomaml", "reptile"]
+Front = Literal["generated", "pca", "random"]
 
 N_STATS = 8
+N_PROJ = 32  # components of the canonical projection fronts (``pca`` and ``random``)
 MAX_LOG_LR = math.log(0.5)  # learned inner rates above this make meta-training diverge
 _NEG = -1e4  # logit of a padded class
 
@@ -43,6 +46,17 @@ class MetaArch:
     """Hidden units of the network that turns column statistics into first-layer weights."""
     inner_steps: int = 5
     """Steps the per-step inner learning rates are learned for; later steps reuse the last."""
+    front: Front = "generated"
+    """How any table reaches the first layer: weights ``generated`` from column statistics, or a
+    canonical ``pca`` / ``random`` projection to ``N_PROJ`` inputs followed by a meta-learned layer."""
+    film: bool = False
+    """Condition the hidden layers on the task: FiLM scales and shifts from a dataset embedding."""
+    meta_sgd: bool = True
+    """Learn per-layer, per-step inner learning rates; off, they stay at their initial value."""
+
+    def __post_init__(self) -> None:
+        if self.front not in get_args(Front):
+            raise ValueError(f"Unknown front {self.front!r}; use one of {get_args(Front)}.")
 
     @property
     def name(self) -> str:
@@ -90,14 +104,14 @@ def init_params(arch: MetaArch, seed: int = 0) -> Params:
         bound = 1.0 / math.sqrt(fan_in)
         return (torch.rand(*shape, generator=g) * 2 - 1) * bound
 
-    p: Params = {
-        "gen.w1": uniform(N_STATS, N_STATS, G),
-        "gen.b1": torch.zeros(G),
-        "gen.w2": uniform(G, G, H) * 0.1,
-        "gen.b2": torch.zeros(H),
-        "gen.log_noise": torch.tensor(0.0),
-        "l0.b": torch.zeros(H),
-    }
+    p: Params = {"gen.w1": uniform(N_STATS, N_STATS, G), "gen.b1": torch.zeros(G), "l0.b": torch.zeros(H)}
+    if arch.front == "generated":
+        p |= {"gen.w2": uniform(G, G, H) * 0.1, "gen.b2": torch.zeros(H), "gen.log_noise": torch.tensor(0.0)}
+    else:
+        p["proj.w"] = uniform(N_PROJ, N_PROJ, H) * math.sqrt(3.0)
+    if arch.film:  # zero maps: training starts from the unconditioned network
+        for i in range(arch.depth):
+            p[f"film{i}.scale"], p[f"film{i}.shift"] = torch.zeros(G, H), torch.zeros(G, H)
     for i in range(1, arch.depth):
         p[f"l{i}.w"] = uniform(H, H, H) * math.sqrt(3.0)  # He-uniform-like for ReLU
         p[f"l{i}.b"] = torch.zeros(H)
@@ -149,17 +163,93 @@ def column_stats(xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor, classes: Tens
     return stats * cols[:, None]
 
 
+def _full_precision(x: Tensor) -> torch.autocast:
+    """Solves and eigendecompositions have no bfloat16 kernels: run them outside mixed precision."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def pca_basis(xs: Tensor, ms: Tensor, cols: Tensor) -> Tensor:
+    """(D, min(D, N_PROJ)) whitening projection onto the support rows' principal components.
+
+    Components come in order of variance with the sign that makes them right-skewed,
+    so the same meta-learned weights meet the same inputs whatever the column order.
+    """
+    with _full_precision(xs):
+        n = ms.sum().clamp_min(1.0)
+        mean = (ms[:, None] * xs).sum(0) / n
+        xc = (xs - mean) * ms[:, None] * cols
+        eye = torch.eye(xs.shape[1], dtype=xs.dtype, device=xs.device)
+        evals, evecs = torch.linalg.eigh(xc.T @ xc / n + 1e-4 * eye)
+        k = min(xs.shape[1], N_PROJ)
+        evals, evecs = evals.flip(-1)[:k], evecs.flip(-1)[:, :k]
+        sign = torch.where(((xc @ evecs) ** 3).sum(0) < 0, -1.0, 1.0).to(xs.dtype)
+        real = (evals > 1e-3).to(xs.dtype)  # padded columns only carry the 1e-4 ridge
+        return evecs * sign * real / (evals + 0.1).sqrt()
+
+
 def body_init(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor,
               classes: Tensor, noise: Tensor, regression: bool) -> Params:
     """First and hidden layers of one task's starting point (before the head)."""
     stats = column_stats(xs, ys, ms, cols, classes, regression)
-    hidden = torch.relu(stats @ theta["gen.w1"] + theta["gen.b1"])
-    w0 = hidden @ theta["gen.w2"] + theta["gen.b2"] + theta["gen.log_noise"].exp() * noise
+    hidden = torch.relu(stats @ theta["gen.w1"] + theta["gen.b1"])  # (D, G): one embedding per column
     d = cols.sum().clamp_min(1.0)
-    fast = {"l0.w": w0 * cols[:, None] * (2.0 / d).sqrt(), "l0.b": theta["l0.b"]}
+    if arch.front == "generated":
+        w0 = hidden @ theta["gen.w2"] + theta["gen.b2"] + theta["gen.log_noise"].exp() * noise
+        w0 = w0 * cols[:, None] * (2.0 / d).sqrt()
+    else:
+        if arch.front == "pca":
+            basis = pca_basis(xs, ms, cols)
+        else:
+            basis = noise[:, :N_PROJ] * cols[:, None] / d.sqrt()
+        w0 = basis @ theta["proj.w"][: basis.shape[1]]
+    fast = {"l0.w": w0, "l0.b": theta["l0.b"]}
     for i in range(1, arch.depth):
         fast[f"l{i}.w"], fast[f"l{i}.b"] = theta[f"l{i}.w"], theta[f"l{i}.b"]
+    if arch.film:
+        # FiLM on the start only: folded into each layer's weights, so the adapted network stays a plain MLP.
+        task = (hidden * cols[:, None]).sum(0) / d
+        for i in range(arch.depth):
+            gain = 1 + task @ theta[f"film{i}.scale"]
+            fast[f"l{i}.w"] = fast[f"l{i}.w"] * gain
+            fast[f"l{i}.b"] = fast[f"l{i}.b"] * gain + task @ theta[f"film{i}.shift"]
     return fast
+
+
+def slice_theta(theta: Params, big: MetaArch, small: MetaArch) -> Params:
+    """The meta-parameters of ``small`` as a slice of the supernet ``big``: its first layers and units.
+
+    Sliced hidden weights are scaled by sqrt(big.width / small.width), so a narrower
+    slice keeps the supernet's activation scale. Slicing is differentiable: training
+    slices trains the supernet.
+    """
+    shared = ("gen_width", "inner_steps", "front", "film", "meta_sgd")
+    if small.depth > big.depth or small.width > big.width or any(
+            getattr(small, f) != getattr(big, f) for f in shared):
+        raise ValueError(f"{small} is not a slice of {big}.")
+    w, keep = small.width, set(fast_names(small))
+    out = {}
+    for key, value in theta.items():
+        layer = re.fullmatch(r"(l|film)(\d+)", key.split(".")[0])
+        if key.startswith("lr."):
+            if key[3:] in keep:
+                out[key] = value
+        elif layer:  # l{i}.* and film{i}.*
+            i = int(layer[2])
+            if i >= small.depth:
+                continue
+            if layer[1] == "film":
+                out[key] = value[:, :w]
+            elif key.endswith(".w") and i > 0:
+                out[key] = value[:w, :w] * math.sqrt(big.width / w)
+            else:
+                out[key] = value[:w]
+        elif key in ("gen.w2", "proj.w"):
+            out[key] = value[:, :w]
+        elif key == "gen.b2":
+            out[key] = value[:w]
+        else:
+            out[key] = value
+    return out
 
 
 def embed(fast: Params, arch: MetaArch, x: Tensor) -> Tensor:
@@ -174,12 +264,14 @@ def head_init(theta: Params, fast: Params, arch: MetaArch, xs: Tensor, ys: Tenso
     """Prototype head (classification) or ridge head (regression) from the support embeddings."""
     e = embed(fast, arch, xs) * ms[:, None]
     if regression:
-        n = ms.sum().clamp_min(1.0)
-        mean = e.sum(0) / n
-        ec = (e - mean) * ms[:, None]
-        eye = torch.eye(e.shape[1], dtype=e.dtype, device=e.device)
-        gram = ec.T @ ec + theta["head.log_ridge"].exp() * n * eye
-        w = torch.linalg.solve(gram, ec.T @ (ys * ms))
+        with _full_precision(e):
+            e = e.to(ys.dtype)
+            n = ms.sum().clamp_min(1.0)
+            mean = e.sum(0) / n
+            ec = (e - mean) * ms[:, None]
+            eye = torch.eye(e.shape[1], dtype=e.dtype, device=e.device)
+            gram = ec.T @ ec + theta["head.log_ridge"].exp() * n * eye
+            w = torch.linalg.solve(gram, ec.T @ (ys * ms))
         return {**fast, "head.w": w[:, None], "head.b": -(mean @ w)[None]}
     onehot = torch.nn.functional.one_hot(ys, classes.shape[0]).to(e.dtype) * ms[:, None]
     protos = onehot.T @ e / onehot.sum(0).clamp_min(1.0)[:, None]  # (C, H)
@@ -213,7 +305,8 @@ def inner_step(theta: Params, fast: Params, arch: MetaArch, step: int, xs: Tenso
     new = {}
     for name, value in fast.items():
         gk = g[name].detach() if first_order else g[name]
-        new[name] = value - theta[f"lr.{name}"][k].clamp(max=MAX_LOG_LR).exp() * gk
+        log_lr = theta[f"lr.{name}"][k] if arch.meta_sgd else theta[f"lr.{name}"][k].detach()
+        new[name] = value - log_lr.clamp(max=MAX_LOG_LR).exp() * gk
     return new
 
 

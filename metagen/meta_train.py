@@ -32,9 +32,11 @@ from metagen.maml import (
     meta_loss_vmap,
     pad_tasks,
     reptile_grad,
+    slice_theta,
 )
 
 Engine = Literal["vmap", "loop"]
+Amp = Literal["auto", "bf16", "off"]
 MAX_GRAD_NORM = 1.0  # a few hard tasks otherwise throw the meta-parameters off (seen as loss spikes)
 
 
@@ -55,11 +57,20 @@ class MetaTrainConfig:
     seed: int = 0
     pool: int = 2000
     """Tasks drawn once and reused; drawing is slower than a meta-step on small machines."""
+    amp: Amp = "auto"
+    """Mixed precision: ``auto`` is bfloat16 autocast on CUDA and full precision on CPU."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("maml", "fomaml", "reptile") or self.engine not in ("vmap", "loop"):
             raise ConfigError(f"Unknown algorithm {self.algorithm!r} or engine {self.engine!r}.",
                               "Use maml, fomaml or reptile, and vmap or loop.")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ConfigError(f"Unknown mixed-precision mode {self.amp!r}.", "Use auto, bf16 or off.")
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """bfloat16 needs no loss scaling; the solves and eigendecompositions run in float32 anyway."""
+        enabled = self.amp == "bf16" or (self.amp == "auto" and device.type == "cuda")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @dataclass
@@ -96,15 +107,25 @@ def meta_batches(tasks: list, meta_batch: int, width: int, seed: int) -> Iterato
         i += 1
 
 
-def meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaTrainConfig) -> float:
-    """Fill ``.grad`` of the meta-parameters; return the meta-loss."""
+def meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaTrainConfig,
+                  slice_arch: MetaArch | None = None) -> float:
+    """Fill ``.grad`` of the meta-parameters; return the meta-loss.
+
+    With ``slice_arch`` the loss is that slice's (``arch`` is then the supernet) and its
+    gradient lands in the supernet's parameters.
+    """
     if config.algorithm == "reptile":
         pseudo = reptile_grad(theta, arch, batch, config.inner_steps)
         for k, v in theta.items():
             v.grad = pseudo.get(k, torch.zeros_like(v))
         return float("nan")
     loss_fn = meta_loss_vmap if config.engine == "vmap" else meta_loss_loop
-    loss = loss_fn(theta, arch, batch, config.inner_steps, config.algorithm == "fomaml")
+    params = theta
+    if slice_arch is not None:
+        params, arch = slice_theta(theta, arch, slice_arch), slice_arch
+        batch = replace(batch, noise=batch.noise[..., : slice_arch.width])
+    with config.autocast(batch.xs.device):
+        loss = loss_fn(params, arch, batch, config.inner_steps, config.algorithm == "fomaml")
     loss.backward()
     return float(loss.detach())
 
@@ -161,8 +182,14 @@ def meta_train(
     device: torch.device = torch.device("cpu"),
     checkpoint: Path | None = None,
     on_step: Callable[[int, float, dict | None], None] | None = None,
+    slices: tuple[MetaArch, ...] = (),
 ) -> MetaTrainState:
-    """Train one architecture's meta-parameters on a pool of tasks; resume from ``checkpoint`` if it exists."""
+    """Train one architecture's meta-parameters on a pool of tasks; resume from ``checkpoint`` if it exists.
+
+    With ``slices``, ``arch`` is a supernet and each step trains the next slice in turn.
+    """
+    if slices and config.algorithm == "reptile":
+        raise ConfigError("Supernet slices need a meta-gradient.", "Use maml or fomaml with slices.")
     if checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint, arch, config, device)
     else:
@@ -174,7 +201,8 @@ def meta_train(
     while state.step < config.steps:
         batch = next(batches).to(device)
         state.opt.zero_grad(set_to_none=True)
-        loss = meta_gradient(state.theta, arch, batch, config)
+        slice_arch = slices[state.step % len(slices)] if slices else None
+        loss = meta_gradient(state.theta, arch, batch, config, slice_arch)
         torch.nn.utils.clip_grad_norm_(list(state.theta.values()), MAX_GRAD_NORM)
         state.opt.step()
         state.step += 1

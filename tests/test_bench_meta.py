@@ -52,3 +52,33 @@ def test_bench_maml_compares_engines(tmp_path: Path) -> None:
     assert {(r["engine"], r["order"]) for r in rows} >= {("loop", "first"), ("vmap", "second")}
     assert all(r["tasks_per_s"] > 0 and r["status"] == "ok" for r in rows)
     assert all(r["speedup"] == 1.0 for r in rows if r["engine"] == "loop")
+
+
+def test_meta_train_writes_a_meta_model_the_search_can_load(suite: Path, tmp_path: Path) -> None:
+    from metagen.meta_model import load_meta_model
+
+    out = tmp_path / "meta.safetensors"
+    run = CliRunner().invoke(app, ["meta-train", "-c", str(suite), "--preset", "small", "--steps", "2",
+                                   "--amp", "off", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    meta = load_meta_model(out)
+    assert list(meta.members) == ["d1w32"] and meta.spec["train_config"]["steps"] == 2
+    bad = CliRunner().invoke(app, ["meta-train", "-c", str(suite), "--preset", "small", "--amp", "fp8"])
+    assert bad.exit_code == 1 and "Unknown mixed-precision mode" in bad.output
+
+
+def test_bench_ablate_scores_every_variant_against_the_random_reference(suite: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ablate.json"
+    run = CliRunner().invoke(app, ["bench", "ablate", "--suite", str(suite), "-c", str(suite), "--steps", "1",
+                                   "--pool", "16", "--variants", "base,untrained,pca-front,slice-d2w128",
+                                   "--json", str(out)])
+    assert run.exit_code == 0, run.output
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["summary"]] == ["base", "untrained", "pca-front", "slice-d2w128",
+                                                         "random100"]
+    assert {(r["variant"], r["k"]) for r in result["records"]} >= {("pca-front", "start"), ("base", "inner+adam20")}
+    assert all(np.isfinite(r["score"]) for r in result["records"])
+    assert set(result["reference"]) == {"tiny_binary", "tiny_regression"}
+    unknown = CliRunner().invoke(app, ["bench", "ablate", "--suite", str(suite), "-c", str(suite),
+                                       "--variants", "nope"])
+    assert unknown.exit_code == 1 and "Unknown variant" in unknown.output

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from metagen.maml import MetaArch, init_params, meta_loss_loop, meta_loss_vmap, pad_tasks
+from metagen.maml import MetaArch, init_params, meta_loss_loop, meta_loss_vmap, pad_tasks, slice_theta
 from metagen.meta_model import MetaModel, initial_network, load_meta_model, member_config, save_meta_model
-from metagen.meta_train import MetaTrainConfig, meta_train, new_state, validation_loss
+from metagen.meta_train import MetaTrainConfig, meta_gradient, meta_train, new_state, validation_loss
 from task_corpus import SamplerConfig, TaskSampler
 
 ARCH = MetaArch(depth=2, width=16, gen_width=8, inner_steps=3)
@@ -25,8 +25,8 @@ def _kind(tasks, regression: bool, n: int = 4):
     return [t for t in tasks if (t.kind == "regression") == regression][:n]
 
 
-def _theta(seed: int = 0):
-    return {k: v.double().requires_grad_() for k, v in init_params(ARCH, seed).items()}
+def _theta(seed: int = 0, arch: MetaArch = ARCH):
+    return {k: v.double().requires_grad_() for k, v in init_params(arch, seed).items()}
 
 
 def _double(batch):
@@ -36,8 +36,8 @@ def _double(batch):
                    yq=batch.yq.double() if batch.regression else batch.yq)
 
 
-def _grads(loss_fn, theta, batch, steps, first_order):
-    loss = loss_fn(theta, ARCH, batch, steps, first_order)
+def _grads(loss_fn, theta, batch, steps, first_order, arch: MetaArch = ARCH):
+    loss = loss_fn(theta, arch, batch, steps, first_order)
     return loss, torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
 
 
@@ -133,3 +133,76 @@ def test_fit_starts_trials_from_the_learned_init(tasks, tmp_path, monkeypatch):
     assert ARCH.name in starts and "random" in starts
     no_meta = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=30, use_meta=False))
     assert {row["init"] for row in no_meta.leaderboard} == {"random"}
+
+
+VARIANTS = [replace(ARCH, front="pca"), replace(ARCH, front="random"), replace(ARCH, film=True)]
+
+
+@pytest.mark.parametrize("arch", VARIANTS, ids=["pca", "random", "film"])
+@pytest.mark.parametrize("regression", [False, True])
+def test_every_front_batches_exactly(tasks, arch, regression):
+    theta, batch = _theta(arch=arch), _double(pad_tasks(_kind(tasks, regression), 0, arch.width))
+    lv, gv = _grads(meta_loss_vmap, theta, batch, 2, False, arch)
+    ll, gl = _grads(meta_loss_loop, theta, batch, 2, False, arch)
+    assert torch.allclose(lv, ll, rtol=1e-9)
+    assert all(torch.allclose(a, b, rtol=1e-7, atol=1e-10) for a, b in zip(gv, gl) if a is not None)
+    assert gv[list(theta).index("proj.w" if arch.front != "generated" else "film1.scale")].abs().sum() > 0
+
+
+def test_pca_front_ignores_column_order_and_padding(tasks):
+    arch = replace(ARCH, front="pca")
+    theta = _theta(arch=arch)
+    task = _kind(tasks, False, 1)[0]
+    batch = _double(pad_tasks([task], 0, arch.width))
+    order = torch.randperm(batch.xs.shape[-1], generator=torch.Generator().manual_seed(1))
+    shuffled = replace(batch, xs=batch.xs[..., order], xq=batch.xq[..., order])
+    wider = _double(pad_tasks([task, max(_kind(tasks, False, 8), key=lambda t: t.X_support.shape[1])], 0,
+                              arch.width)).task(0)
+    assert wider.xs.shape[-1] > batch.xs.shape[-1]
+    losses = [meta_loss_loop(theta, arch, b, 2, False) for b in (batch, shuffled, wider)]
+    assert torch.allclose(losses[0], losses[1], rtol=1e-7) and torch.allclose(losses[0], losses[2], rtol=1e-7)
+
+
+def test_film_starts_as_the_unconditioned_network(tasks):
+    film = replace(ARCH, film=True)
+    theta = _theta(arch=film)
+    batch = _double(pad_tasks(_kind(tasks, False), 0, ARCH.width))
+    plain = {k: v for k, v in theta.items() if not k.startswith("film")}
+    assert torch.allclose(meta_loss_vmap(theta, film, batch, 2, True), meta_loss_vmap(plain, ARCH, batch, 2, True))
+
+
+def test_without_meta_sgd_the_inner_rates_get_no_gradient(tasks):
+    arch = replace(ARCH, meta_sgd=False)
+    theta, batch = _theta(arch=arch), _double(pad_tasks(_kind(tasks, True), 0, arch.width))
+    _, grads = _grads(meta_loss_vmap, theta, batch, 2, False, arch)
+    by_name = dict(zip(theta, grads))
+    assert all(by_name[k] is None for k in theta if k.startswith("lr."))
+    assert by_name["l1.w"] is not None
+
+
+def test_supernet_slices_share_and_train_one_set_of_parameters(tasks):
+    big, small = replace(ARCH, depth=3, width=24), ARCH
+    theta = init_params(big)
+    sliced = slice_theta(theta, big, small)
+    assert {k: v.shape for k, v in sliced.items()} == {k: v.shape for k, v in init_params(small).items()}
+    with pytest.raises(ValueError, match="not a slice"):
+        slice_theta(theta, big, replace(small, film=True))
+    config = MetaTrainConfig(steps=4, meta_batch=4, inner_steps=ARCH.inner_steps, outer_lr=1e-2)
+    state = meta_train(big, tasks, config, slices=(small, big))
+    moved = {k: not torch.equal(state.theta[k].detach(), theta[k]) for k in theta}
+    assert moved["l1.w"] and moved["l2.w"]  # l1 trained by both slices, l2 by the full net only
+    unsliced = state.theta["l1.w"].detach()[small.width:, small.width:]
+    assert not torch.equal(unsliced, theta["l1.w"][small.width:, small.width:])
+
+
+def test_bf16_mixed_precision_keeps_the_meta_gradient(tasks):
+    batch = pad_tasks(_kind(tasks, True), 0, ARCH.width)
+    grads = {}
+    for amp in ("off", "bf16"):
+        theta = {k: v.requires_grad_() for k, v in init_params(ARCH).items()}
+        meta_gradient(theta, ARCH, batch, MetaTrainConfig(inner_steps=2, amp=amp))
+        grads[amp] = torch.cat([v.grad.flatten() for v in theta.values() if v.grad is not None])
+    cosine = torch.nn.functional.cosine_similarity(grads["off"], grads["bf16"], dim=0)
+    assert 0.95 < cosine < 1.0  # bf16 really ran, and the direction survived it
+    with MetaTrainConfig(amp="auto").autocast(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")  # auto: bf16 on CUDA only

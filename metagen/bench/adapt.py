@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from metagen.config import NetConfig
-from metagen.maml import init_params
+from metagen.maml import MetaArch, init_params
 from metagen.meta_model import MetaModel, initial_network, member_config
 from metagen.metrics import selection_score
-from metagen.preprocess import fit_preprocessor
+from metagen.preprocess import NumericScaling, fit_preprocessor
 from metagen.table import make_table
 from metagen.train import predict_array, train_network
 from task_corpus import TableRef, load_table
@@ -33,7 +33,9 @@ ADAM_LR = 1e-3
 MAX_ROWS = 2000
 
 
-def _arrays(ref: TableRef, seed: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def table_arrays(ref: TableRef, seed: int, scaling: NumericScaling = "quantile",
+                 ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Task kind, preprocessed train/test arrays (regression targets standardised), outputs."""
     from sklearn.model_selection import train_test_split
 
     table = load_table(ref)
@@ -44,7 +46,7 @@ def _arrays(ref: TableRef, seed: int) -> tuple[str, np.ndarray, np.ndarray, np.n
     stratify = y if parsed.task != "regression" and np.bincount(y).min() >= 2 else None
     train, test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=stratify)
     train, test = train[:MAX_ROWS], test[:MAX_ROWS]
-    prep = fit_preprocessor(parsed.X.iloc[train], parsed.columns)
+    prep = fit_preprocessor(parsed.X.iloc[train], parsed.columns, scaling)
     X_tr, X_te = prep.transform(parsed.X.iloc[train]), prep.transform(parsed.X.iloc[test])
     y_tr, y_te = y[train], y[test]
     if parsed.task == "regression":
@@ -54,11 +56,17 @@ def _arrays(ref: TableRef, seed: int) -> tuple[str, np.ndarray, np.ndarray, np.n
     return parsed.task, X_tr, y_tr, X_te, y_te, n_out
 
 
+def plain_config(arch: MetaArch, init: str | None = None) -> NetConfig:
+    """The constant-rate, no-dropout network both starts are trained as (``init="random"`` for a random one)."""
+    config = member_config(arch, dropout=0.0, schedule="constant", lr=ADAM_LR, batch_size=256)
+    return config if init is None else config.with_(init=init)
+
+
 def adapt_table(ref: TableRef, meta: MetaModel, member: str, seed: int = 0) -> list[dict]:
     """The records of one table: one per (init, K)."""
-    task, X_tr, y_tr, X_te, y_te, n_out = _arrays(ref, seed)
+    task, X_tr, y_tr, X_te, y_te, n_out = table_arrays(ref, seed)
     arch = meta.members[member][0]
-    plain = member_config(arch, dropout=0.0, schedule="constant", lr=ADAM_LR, batch_size=256)
+    plain = plain_config(arch)
     rows = []
 
     def record(init: str, k: int, model) -> None:  # noqa: ANN001
@@ -75,7 +83,7 @@ def adapt_table(ref: TableRef, meta: MetaModel, member: str, seed: int = 0) -> l
         for k in ADAM_K:
             tuned = train_network(X_tr, y_tr, None, None, task, n_out, plain.with_(steps=k), seed=seed, init=start)
             record(f"{name}+adam", k, tuned.model)
-    random_config = NetConfig.from_json({**plain.to_json(), "init": "random"})
+    random_config = plain_config(arch, init="random")
     for k in RANDOM_K:
         record("random", k, train_network(X_tr, y_tr, None, None, task, n_out, random_config.with_(steps=k),
                                           seed=seed).model)
