@@ -70,12 +70,14 @@ def test_meta_train_writes_a_meta_model_the_search_can_load(suite: Path, tmp_pat
 def test_bench_ablate_scores_every_variant_against_the_random_reference(suite: Path, tmp_path: Path) -> None:
     out = tmp_path / "ablate.json"
     run = CliRunner().invoke(app, ["bench", "ablate", "--suite", str(suite), "-c", str(suite), "--steps", "1",
-                                   "--pool", "16", "--variants", "base,untrained,pca-front,slice-d2w128",
+                                   "--pool", "16", "--variants", "base,untrained,pca-front,slice-d3w256,family-d3w256",
                                    "--json", str(out)])
     assert run.exit_code == 0, run.output
     result = json.loads(out.read_text())
-    assert [r["variant"] for r in result["summary"]] == ["base", "untrained", "pca-front", "slice-d2w128",
-                                                         "random100"]
+    summary = {r["variant"]: r for r in result["summary"]}
+    assert list(summary) == ["base", "untrained", "pca-front", "slice-d3w256", "family-d3w256", "random100"]
+    # a supernet and the family member of the same shape are trained apart, not shared
+    assert summary["slice-d3w256"]["inner+adam20"] != summary["family-d3w256"]["inner+adam20"]
     assert {(r["variant"], r["k"]) for r in result["records"]} >= {("pca-front", "start"), ("base", "inner+adam20")}
     assert all(np.isfinite(r["score"]) for r in result["records"])
     assert set(result["reference"]) == {"tiny_binary", "tiny_regression"}

@@ -123,7 +123,7 @@ def run_ablation(
         if variant.scaling not in pools:
             sampler = TaskSampler(train_tables, replace(base_sampler, scaling=variant.scaling), seed=seed)
             pools[variant.scaling] = [sampler.sample(i) for i in range(pool)]
-        key = (variant.supernet or variant.arch, variant.scaling, variant.trained)
+        key = (variant.supernet or variant.arch, variant.supernet is not None, variant.scaling, variant.trained)
         if key not in trained:  # both slices of one supernet come from one training run
             started = time.monotonic()
             trained[key] = (*train_variant(variant, pools[variant.scaling], config), time.monotonic() - started)
