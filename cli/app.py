@@ -17,7 +17,7 @@ import typer
 from metagen_cli._common import INTERRUPTED, err, out, user_errors
 from metagen_cli.bench import bench_app
 from metagen_cli.corpus import corpus_app
-from metagen_cli.meta_train import meta_train_command
+from metagen_cli.meta_train import meta_portfolio_command, meta_train_command
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -239,6 +239,7 @@ def evaluate(
 
 app.add_typer(corpus_app, name="corpus")
 app.command("meta-train")(meta_train_command)
+app.command("meta-portfolio")(meta_portfolio_command)
 app.add_typer(bench_app, name="bench")
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from metagen.errors import MetaGenError
 from metagen_cli._common import user_errors
@@ -46,13 +47,91 @@ def meta_train_command(
         tables = [ref for spec in corpus for ref in resolve_source(spec)]
         console.print(f"meta-training {len(chosen.members)} member(s) on {len(tables)} tables, device {torch_device}")
 
-        def on_step(name: str, step: int, loss: float, point: dict | None) -> None:
-            if point is not None:
-                console.print(f"{name} step {step}/{chosen.train.steps}  meta-loss {loss:.4f}  "
-                              f"validation loss {point['val_loss']:.4f}")
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console)
+        bars: dict[str, TaskID] = {}
 
-        model = build_meta_model(tables, chosen, device=torch_device, seed=seed, checkpoint_dir=checkpoint_dir,
-                                 on_step=on_step)
+        def on_step(name: str, step: int, loss: float, point: dict | None) -> None:
+            if name not in bars:
+                bars[name] = progress.add_task(name, total=chosen.train.steps, note="")
+            note = None
+            if point is not None:
+                note = f"validation loss {point['val_loss']:.4f}"
+                progress.console.print(f"{name} step {step}/{chosen.train.steps}  meta-loss {loss:.4f}  {note}")
+            progress.update(bars[name], completed=step, **({} if note is None else {"note": note}))
+
+        with progress:
+            model = build_meta_model(tables, chosen, device=torch_device, seed=seed,
+                                     checkpoint_dir=checkpoint_dir, on_step=on_step)
         save_meta_model(model, out)
     console.print(f"wrote {out} ({model.spec['seconds']:.0f}s, {model.spec['n_tasks']} tasks "
                   f"from {model.spec['n_tables']} tables; {model.spec['n_excluded_tables']} dev-eval tables held out)")
+
+
+def meta_portfolio_command(
+    corpus: list[str] = typer.Option(
+        ..., "--corpus", "-c", help="Task source, as meta-train takes it; dev-eval tables and their families are left out.",
+    ),
+    meta_model: Path = typer.Option(..., "--meta-model", help="Meta-model file to add the portfolio to (rewritten)."),
+    candidates: int = typer.Option(24, help="Configurations tried: the default, then random draws from the search space."),
+    tables: int = typer.Option(40, help="Meta-train tables drawn at random for the performance table."),
+    size: int = typer.Option(4, help="Configurations in the portfolio."),
+    max_rows: int = typer.Option(1000, help="Rows kept per table, so each cell stays cheap."),
+    max_steps: int = typer.Option(1000, help="Most gradient steps of a candidate."),
+    seed: int = typer.Option(0),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the performance table here."),
+) -> None:
+    """Learn a zero-shot portfolio from a performance table and store it in the meta-model file.
+
+    ``fit`` tries the portfolio's configurations first, best first, before TPE takes over.
+    """
+    import numpy as np
+
+    from metagen.bench.harness import plain_table, write_json
+    from metagen.errors import DataError
+    from metagen.meta_model import load_meta_model, save_meta_model
+    from metagen.proposer import (
+        candidate_configs,
+        corpus_table,
+        cross_validate_portfolio,
+        greedy_portfolio,
+        performance_table,
+    )
+    from task_corpus import meta_train_tables, resolve_source
+
+    with user_errors():
+        meta = load_meta_model(meta_model)
+        kept, excluded = meta_train_tables([ref for spec in corpus for ref in resolve_source(spec)])
+        rng = np.random.default_rng(seed)
+        chosen_tables = []
+        for i in rng.permutation(len(kept)):
+            if len(chosen_tables) == tables:
+                break
+            try:
+                chosen_tables.append((kept[i].name, corpus_table(kept[i], max_rows, seed)))
+            except DataError as exc:
+                console.print(f"skipping {kept[i].name}: {exc}")
+        configs = candidate_configs(candidates, seed, max_steps)
+        console.print(f"performance table: {len(configs)} configurations x {len(chosen_tables)} tables "
+                      f"({len(excluded)} dev-eval tables and copies left out)")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            bar = progress.add_task("cells", total=len(configs) * len(chosen_tables))
+            table = performance_table(chosen_tables, configs, seed=seed,
+                                      on_cell=lambda name, i, score: progress.advance(bar))
+        normalised = table.normalised()
+        picked = greedy_portfolio(normalised, size)
+        check = cross_validate_portfolio(normalised, size, seed=seed)
+        meta.spec["portfolio"] = [configs[i].to_json() for i in picked]
+        meta.spec["portfolio_check"] = check
+        save_meta_model(meta, meta_model)
+    rows = [{"rank": r + 1, "candidate": i, "mean_norm": float(normalised[i].mean()),
+             "best_on": int((normalised[i] == 1.0).sum()),
+             "config": " ".join(f"{k}={v}" for k, v in configs[i].to_json().items() if k != "init")}
+            for r, i in enumerate(picked)]
+    console.print(plain_table(rows, "portfolio"))
+    console.print(plain_table([check], "best-of normalised score on tables the portfolio was not chosen on "
+                                       "(2-fold over tables)"))
+    if json_path is not None:
+        write_json(json_path, {**table.to_json(), "portfolio": picked, "check": check})
+    console.print(f"wrote the portfolio into {meta_model}")

