@@ -3,9 +3,12 @@
 Width-agnostic front: the first layer's weight for each input column is *generated*
 from that column's statistics on the support rows (a network shared over columns,
 as in HyperFast / MotherNet) plus a fixed random part, so the same meta-learned
-weights serve tables with any number and order of columns. Hidden layers start from
-meta-learned weights. The head starts from the support set: class prototypes for
-classification (Proto-MAML), a closed-form ridge fit for regression.
+weights serve tables with any number and order of columns. The alternatives, a
+canonical PCA or random-feature projection to a fixed width, are there to be measured
+against it (``metagen bench ablate``). Hidden layers start from meta-learned weights,
+optionally modulated by FiLM from a task embedding. The head starts from the support
+set: class prototypes for classification (Proto-MAML), a closed-form ridge fit for
+regression. Every start is a plain MLP's weights, so the adapted network exports as one.
 
 Everything is a pure function of a parameter dict, so one code path serves CPU and
 CUDA, ``torch.func.grad`` takes the inner steps, and ``torch.func.vmap`` runs a batch
@@ -104,7 +107,9 @@ def init_params(arch: MetaArch, seed: int = 0) -> Params:
         bound = 1.0 / math.sqrt(fan_in)
         return (torch.rand(*shape, generator=g) * 2 - 1) * bound
 
-    p: Params = {"gen.w1": uniform(N_STATS, N_STATS, G), "gen.b1": torch.zeros(G), "l0.b": torch.zeros(H)}
+    p: Params = {"l0.b": torch.zeros(H)}
+    if arch.front == "generated" or arch.film:  # the column embedding network
+        p |= {"gen.w1": uniform(N_STATS, N_STATS, G), "gen.b1": torch.zeros(G)}
     if arch.front == "generated":
         p |= {"gen.w2": uniform(G, G, H) * 0.1, "gen.b2": torch.zeros(H), "gen.log_noise": torch.tensor(0.0)}
     else:
@@ -190,9 +195,10 @@ def pca_basis(xs: Tensor, ms: Tensor, cols: Tensor) -> Tensor:
 def body_init(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor,
               classes: Tensor, noise: Tensor, regression: bool) -> Params:
     """First and hidden layers of one task's starting point (before the head)."""
-    stats = column_stats(xs, ys, ms, cols, classes, regression)
-    hidden = torch.relu(stats @ theta["gen.w1"] + theta["gen.b1"])  # (D, G): one embedding per column
     d = cols.sum().clamp_min(1.0)
+    if "gen.w1" in theta:  # (D, G): one embedding per column, from its statistics
+        stats = column_stats(xs, ys, ms, cols, classes, regression)
+        hidden = torch.relu(stats @ theta["gen.w1"] + theta["gen.b1"])
     if arch.front == "generated":
         w0 = hidden @ theta["gen.w2"] + theta["gen.b2"] + theta["gen.log_noise"].exp() * noise
         w0 = w0 * cols[:, None] * (2.0 / d).sqrt()

@@ -19,7 +19,7 @@ import optuna
 from metagen.config import NetConfig, suggest_config
 from metagen.errors import MetaGenError
 from metagen.fit import FitOptions, prepare_data
-from metagen.search import train_config
+from metagen.search import quiet_optuna, train_config
 from metagen.table import Table, make_table
 from task_corpus import TableRef, load_table
 
@@ -50,7 +50,8 @@ class PerformanceTable:
 
 def candidate_configs(n: int, seed: int = 0, max_steps: int = 1000) -> list[NetConfig]:
     """The default configuration, then ``n - 1`` random draws from the search space."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    with quiet_optuna():
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     configs = [NetConfig().with_(steps=min(NetConfig().steps, max_steps))]
     while len(configs) < n:
         config = suggest_config(study.ask(), max_steps)
