@@ -65,8 +65,7 @@ def corpus_table(ref: TableRef, max_rows: int, seed: int = 0) -> Table:
     source = load_table(ref)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(source.n_rows, min(source.n_rows, max_rows), replace=False))
-    frame = source.frame(rows, list(source.features))
-    frame["__target__"] = source.y[rows]
+    frame = source.frame(rows, list(source.features)).assign(__target__=source.y[rows])
     return make_table(frame, target="__target__", task=source.task)
 
 
