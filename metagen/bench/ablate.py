@@ -49,6 +49,7 @@ VARIANTS: dict[str, Variant] = {
     "random-front": Variant(replace(BASE, front="random")),
     "no-meta-sgd": Variant(replace(BASE, meta_sgd=False)),  # inner rates fixed at their initial 0.05
     "film": Variant(replace(BASE, film=True)),
+    "pca-front+film": Variant(replace(BASE, front="pca", film=True)),
     "robust-scaling": Variant(BASE, scaling="robust"),  # inputs not mapped to one canonical distribution
     "slice-d2w128": Variant(BASE, supernet=SUPERNET),  # family member vs slice of a supernet
     "family-d3w256": Variant(SUPERNET),
