@@ -65,6 +65,11 @@ class MetaArch:
     def name(self) -> str:
         return f"d{self.depth}w{self.width}"
 
+    @property
+    def embeds_columns(self) -> bool:
+        """Whether the column-statistics network is used: the generated front and FiLM read it."""
+        return self.front == "generated" or self.film
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -108,7 +113,7 @@ def init_params(arch: MetaArch, seed: int = 0) -> Params:
         return (torch.rand(*shape, generator=g) * 2 - 1) * bound
 
     p: Params = {"l0.b": torch.zeros(H)}
-    if arch.front == "generated" or arch.film:  # the column embedding network
+    if arch.embeds_columns:
         p |= {"gen.w1": uniform(N_STATS, N_STATS, G), "gen.b1": torch.zeros(G)}
     if arch.front == "generated":
         p |= {"gen.w2": uniform(G, G, H) * 0.1, "gen.b2": torch.zeros(H), "gen.log_noise": torch.tensor(0.0)}
@@ -196,7 +201,7 @@ def body_init(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor,
               classes: Tensor, noise: Tensor, regression: bool) -> Params:
     """First and hidden layers of one task's starting point (before the head)."""
     d = cols.sum().clamp_min(1.0)
-    if "gen.w1" in theta:  # (D, G): one embedding per column, from its statistics
+    if arch.embeds_columns:  # (D, G): one embedding per column, from its statistics
         stats = column_stats(xs, ys, ms, cols, classes, regression)
         hidden = torch.relu(stats @ theta["gen.w1"] + theta["gen.b1"])
     if arch.front == "generated":

@@ -20,7 +20,7 @@ from metagen.config import NetConfig, suggest_config
 from metagen.errors import MetaGenError
 from metagen.fit import FitOptions, prepare_data
 from metagen.search import quiet_optuna, train_config
-from metagen.table import Table, make_table
+from metagen.table import Table
 from task_corpus import TableRef, load_table
 
 CELL_SECONDS = 60.0
@@ -65,8 +65,7 @@ def corpus_table(ref: TableRef, max_rows: int, seed: int = 0) -> Table:
     source = load_table(ref)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(source.n_rows, min(source.n_rows, max_rows), replace=False))
-    frame = source.frame(rows, list(source.features)).assign(__target__=source.y[rows])
-    return make_table(frame, target="__target__", task=source.task)
+    return source.to_table(rows)
 
 
 def performance_table(

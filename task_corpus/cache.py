@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metagen.table import TaskKind, make_table
+from metagen.table import Table, TaskKind, make_table
 from task_corpus.sources import SourceTable, TableRef
 
 CACHE_ENV = "METAGEN_CACHE"
@@ -48,6 +48,12 @@ class ArrayTable:
     def frame(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
         """The given rows and columns as a DataFrame, as a CSV reader would have given them."""
         return pd.DataFrame({c: self.features[c][rows] for c in columns}, copy=False)
+
+    def to_table(self, rows: np.ndarray | None = None) -> Table:
+        """The given rows (default: all) as ``metagen fit`` would parse them, target included."""
+        rows = np.arange(self.n_rows) if rows is None else rows
+        frame = self.frame(rows, list(self.features)).assign(__target__=self.y[rows])
+        return make_table(frame, target="__target__", task=self.task)
 
 
 def cache_dir() -> Path:

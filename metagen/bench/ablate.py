@@ -71,13 +71,12 @@ def train_variant(variant: Variant, pool: list, config: MetaTrainConfig) -> tupl
     return trained, {k: v.detach() for k, v in state.theta.items()}
 
 
-def score_variant(name: str, variant: Variant, meta: MetaModel, refs: list[TableRef], seed: int) -> list[dict]:
+def score_variant(name: str, variant: Variant, meta: MetaModel, splits: dict[str, tuple], seed: int) -> list[dict]:
     """One record per table and stage: the start, after its inner steps, and after 20 more Adam steps."""
     arch = variant.arch
     plain = plain_config(arch)
     rows = []
-    for ref in refs:
-        task, X_tr, y_tr, X_te, y_te, n_out = table_arrays(ref, seed, variant.scaling)
+    for dataset, (task, X_tr, y_tr, X_te, y_te, n_out) in splits.items():
         inner = initial_network(meta, arch.name, X_tr, y_tr, task, n_out, plain, steps=arch.inner_steps, seed=seed)
         models = {
             "start": initial_network(meta, arch.name, X_tr, y_tr, task, n_out, plain, steps=0, seed=seed),
@@ -87,19 +86,18 @@ def score_variant(name: str, variant: Variant, meta: MetaModel, refs: list[Table
         }
         for k, model in models.items():
             score = selection_score(task, y_te, predict_array(model, X_te, task))
-            rows.append({"variant": name, "dataset": ref.name, "task": task, "k": k, "score": score})
+            rows.append({"variant": name, "dataset": dataset, "task": task, "k": k, "score": score})
     return rows
 
 
-def reference_scores(refs: list[TableRef], seed: int) -> dict[str, float]:
+def reference_scores(splits: dict[str, tuple], seed: int) -> dict[str, float]:
     """Held-back score of the base architecture after 100 Adam steps from a random init, per table."""
     config = plain_config(BASE, init="random")
     scores = {}
-    for ref in refs:
-        task, X_tr, y_tr, X_te, y_te, n_out = table_arrays(ref, seed)
+    for dataset, (task, X_tr, y_tr, X_te, y_te, n_out) in splits.items():
         model = train_network(X_tr, y_tr, None, None, task, n_out, config.with_(steps=REFERENCE_STEPS),
                               seed=seed).model
-        scores[ref.name] = selection_score(task, y_te, predict_array(model, X_te, task))
+        scores[dataset] = selection_score(task, y_te, predict_array(model, X_te, task))
     return scores
 
 
@@ -119,12 +117,14 @@ def run_ablation(
     base_sampler = SamplerConfig(n_support=preset.n_support, n_query=preset.n_query,
                                  max_columns=preset.max_columns, real_share=preset.real_share)
     pools: dict[str, list] = {}
+    splits: dict[str, dict[str, tuple]] = {}  # per input scaling: each table's preprocessed train/test arrays
     trained: dict[tuple, tuple[MetaArch, Params, float]] = {}
     records, seconds = [], {}
     for name, variant in variants.items():
         if variant.scaling not in pools:
             sampler = TaskSampler(train_tables, replace(base_sampler, scaling=variant.scaling), seed=seed)
             pools[variant.scaling] = [sampler.sample(i) for i in range(pool)]
+            splits[variant.scaling] = {ref.name: table_arrays(ref, seed, variant.scaling) for ref in eval_refs}
         key = (variant.supernet or variant.arch, variant.supernet is not None, variant.scaling, variant.trained)
         if key not in trained:  # both slices of one supernet come from one training run
             started = time.monotonic()
@@ -133,10 +133,11 @@ def run_ablation(
         if variant.supernet is not None:
             theta = slice_theta(theta, arch, variant.arch)
         meta = MetaModel({variant.arch.name: (variant.arch, theta)})
-        records += score_variant(name, variant, meta, eval_refs, seed)
+        records += score_variant(name, variant, meta, splits[variant.scaling], seed)
         if on_variant is not None:
             on_variant(name, seconds[name])
-    return records, reference_scores(eval_refs, seed), seconds
+    reference = splits.get("quantile") or {ref.name: table_arrays(ref, seed) for ref in eval_refs}
+    return records, reference_scores(reference, seed), seconds
 
 
 def summarise_ablation(records: list[dict], reference: dict[str, float], seconds: dict[str, float]) -> list[dict]:

@@ -22,7 +22,6 @@ from metagen.maml import MetaArch, init_params
 from metagen.meta_model import MetaModel, initial_network, member_config
 from metagen.metrics import selection_score
 from metagen.preprocess import NumericScaling, fit_preprocessor
-from metagen.table import make_table
 from metagen.train import predict_array, train_network
 from task_corpus import TableRef, load_table
 
@@ -38,10 +37,7 @@ def table_arrays(ref: TableRef, seed: int, scaling: NumericScaling = "quantile",
     """Task kind, preprocessed train/test arrays (regression targets standardised), outputs."""
     from sklearn.model_selection import train_test_split
 
-    table = load_table(ref)
-    frame = table.frame(np.arange(table.n_rows), list(table.features))
-    frame["__target__"] = table.y
-    parsed = make_table(frame, target="__target__", task=table.task)
+    parsed = load_table(ref).to_table()
     y = parsed.y
     stratify = y if parsed.task != "regression" and np.bincount(y).min() >= 2 else None
     train, test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=stratify)
