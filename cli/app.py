@@ -71,10 +71,13 @@ def fit(
     resume: bool = typer.Option(False, help="Continue the newest study for this output in --storage."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most gradient steps per trial."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
-    no_meta: bool = typer.Option(False, "--no-meta", help="Search from random starts only (the reference search)."),
+    no_meta: bool = typer.Option(False, "--no-meta", help="Search from each family's defaults and random starts only (the reference search)."),
+    families: str = typer.Option("mlp,gbdt,forest,linear", "--families", "-f", help="Model families to search, comma-separated."),
+    test_size: float = typer.Option(0.0, "--test-size", help="Share of rows held back for the reported score; the members are then refit on every row. 0: report the out-of-fold score."),
 ) -> None:
-    """Search networks for a table and write the best as a model file."""
+    """Search model families for a table and write the best ensemble as a model file."""
     started = time.monotonic()  # the budget counts reading the file too
+    from metagen.families import parse_families
     from metagen.fit import FitOptions, fit_table
     from metagen.model_file import save_model
     from metagen.table import read_table
@@ -90,7 +93,7 @@ def fit(
             time_budget=max(1.0, time_budget - (time.monotonic() - started)), n_trials=n_trials,
             seed=seed, storage=storage,
             study_name=_study_name(output, storage, resume), resume=resume, max_steps=max_steps,
-            use_meta=not no_meta,
+            use_meta=not no_meta, families=parse_families(families), test_size=test_size,
         )
         with Progress(
             TextColumn("[bold]search[/]"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -99,15 +102,16 @@ def fit(
             job = bar.add_task("starting", total=time_budget)
 
             def on_progress(p) -> None:
+                first = "" if p.first_model_s is None else f"  first model at {p.first_model_s:.1f}s"
                 bar.update(job, completed=min(p.elapsed, p.budget),
-                           description=f"trial {p.n_done}  best {table.metric} {_fmt(p.best_score)}  "
-                                       f"{p.elapsed:.0f}/{time_budget:.0f}s")
+                           description=f"trial {p.n_done} ({p.family})  best {table.metric} {_fmt(p.best_score)}"
+                                       f"{first}  {p.elapsed:.0f}/{time_budget:.0f}s")
 
             fitted = fit_table(table, options, on_progress)
         save_model(fitted, output)
     _leaderboard(fitted.leaderboard, table.metric)
     metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in fitted.metrics.items())
-    out.print(f"held-back rows ({fitted.provenance['n_test_rows']}): {metrics}")
+    out.print(f"score on {fitted.provenance['score_source']}: {metrics}")
     out.print(f"wrote [bold]{output}[/] in {fitted.provenance['fit_seconds']:.1f}s "
               f"({fitted.provenance['n_trials_complete']} trials, {fitted.provenance['n_trials_pruned']} pruned, "
               f"ensemble of {len(fitted.members)}; "
@@ -133,13 +137,15 @@ def _describe(table) -> None:
         out.print(f"ignoring constant or id-like column(s): {', '.join(unused[:10])}")
 
 
-def _leaderboard(rows: list[dict], metric: str, top: int = 5) -> None:
-    t = RichTable(title="leaderboard (validation rows)")
-    for col in ("trial", metric, "start", "depth", "width", "activation", "lr", "steps", "seconds"):
-        t.add_column(col, justify="right")
-    for r in rows[:top]:
-        t.add_row(str(r["trial"]), _fmt(r["score"]), r["init"], str(r["depth"]), str(r["width"]), r["activation"],
-                  f"{r['lr']:.2g}", str(r["steps"]), _fmt(r["seconds"] or float("nan")))
+def _leaderboard(rows: list[dict], metric: str, top: int = 8) -> None:
+    """The best trials and every ensemble member, with family, key parameters, score and weight."""
+    shown = [r for i, r in enumerate(rows) if i < top or r.get("weight", 0) > 0]
+    t = RichTable(title="leaderboard (out-of-fold or validation score)")
+    for col in ("trial", "family", metric, "weight", "seconds", "parameters"):
+        t.add_column(col, justify="left" if col == "parameters" else "right")
+    for r in shown:
+        t.add_row(str(r["trial"]), r["family"], _fmt(r["score"]), _fmt(r.get("weight", 0.0)),
+                  _fmt(r["seconds"] if r.get("seconds") is not None else float("nan")), r["params"])
     out.print(t)
 
 
@@ -178,13 +184,13 @@ def info(
     model: Path = typer.Argument(..., help="Model file."),
     as_json: bool = typer.Option(False, "--json", help="Print the spec as JSON (without weights)."),
 ) -> None:
-    """Show a model file's schema, task, architecture, metrics and provenance."""
+    """Show a model file's schema, task, ensemble members, metrics and provenance."""
     from metagen.model_file import read_spec
 
     with user_errors():
         spec, _ = read_spec(model)
     if as_json:
-        spec = {k: v for k, v in spec.items() if k != "preprocessor"}
+        spec = {k: v for k, v in spec.items() if k != "views"}
         print(json.dumps(spec, indent=1))
         return
     out.print(f"[bold]{model}[/]: {spec['task']} model of target '{spec['target']}'"
@@ -195,10 +201,15 @@ def info(
     for c in spec["columns"]:
         t.add_row(c["name"], c["kind"], str(c["n_unique"]), str(c["n_missing"]))
     out.print(t)
+    t = RichTable(title="ensemble members")
+    for col in ("member", "family", "weight", "score", "models", "parameters"):
+        t.add_column(col, justify="left" if col == "parameters" else "right")
     for i, member in enumerate(spec["members"]):
-        out.print(f"network {i + 1} (weight {member['weight']:.2f}): "
-                  + ", ".join(f"{k}={_fmt(v)}" for k, v in member["config"].items()))
-    out.print("held-back metrics: " + ("  ".join(f"{k} {_fmt(v)}" for k, v in spec["metrics"].items()) or "none"))
+        t.add_row(str(i + 1), member["family"], _fmt(member["weight"]), _fmt(member.get("score", float("nan"))),
+                  str(len(member["parts"])), " ".join(f"{k}={_fmt(v)}" for k, v in member["config"].items()))
+    out.print(t)
+    source = spec["provenance"].get("score_source", "held-back rows")
+    out.print(f"score on {source}: " + ("  ".join(f"{k} {_fmt(v)}" for k, v in spec["metrics"].items()) or "none"))
     out.print("provenance: " + ", ".join(f"{k}={v}" for k, v in {**spec["provenance"], **spec["versions"]}.items()))
 
 

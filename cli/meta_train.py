@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -73,25 +74,30 @@ def meta_portfolio_command(
         ..., "--corpus", "-c", help="Task source, as meta-train takes it; dev-eval tables and their families are left out.",
     ),
     meta_model: Path = typer.Option(..., "--meta-model", help="Meta-model file to add the portfolio to (rewritten)."),
-    candidates: int = typer.Option(24, help="Configurations tried: the default, then random draws from the search space."),
+    families: str = typer.Option("gbdt,forest,linear,mlp", "--families", "-f",
+                                 help="Families whose configurations the table holds; the first one's default is the reference."),
+    per_family: int = typer.Option(12, help="Configurations per family: its defaults, then random draws from its space."),
     tables: int = typer.Option(40, help="Meta-train tables drawn at random for the performance table."),
-    size: int = typer.Option(4, help="Configurations in the portfolio."),
+    size: int = typer.Option(8, help="Configurations in the portfolio."),
     max_rows: int = typer.Option(1000, help="Rows kept per table, so each cell stays cheap."),
-    max_steps: int = typer.Option(1000, help="Most gradient steps of a candidate."),
+    max_steps: int = typer.Option(1000, help="Most gradient steps of a network candidate."),
+    cells: Optional[Path] = typer.Option(None, help="CSV of finished cells: appended as the build goes, resumed from."),
     seed: int = typer.Option(0),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the performance table here."),
 ) -> None:
-    """Learn a zero-shot portfolio from a performance table and store it in the meta-model file.
+    """Build a performance table across families and store its greedy portfolio in the meta-model file.
 
-    ``fit`` tries the portfolio's configurations first, best first, before TPE takes over.
+    ``fit`` tries the portfolio's configurations first, cheapest first, before TPE takes over.
     """
     import numpy as np
 
     from metagen.bench.harness import plain_table, write_json
     from metagen.errors import DataError
+    from metagen.families import TaskInfo, parse_families
     from metagen.meta_model import load_meta_model, save_meta_model
     from metagen.proposer import (
         candidate_configs,
+        cheapest_first,
         corpus_table,
         cross_validate_portfolio,
         greedy_portfolio,
@@ -101,6 +107,7 @@ def meta_portfolio_command(
 
     with user_errors():
         meta = load_meta_model(meta_model)
+        chosen_families = parse_families(families)
         kept, excluded = meta_train_tables([ref for spec in corpus for ref in resolve_source(spec)])
         rng = np.random.default_rng(seed)
         chosen_tables = []
@@ -111,27 +118,31 @@ def meta_portfolio_command(
                 chosen_tables.append((kept[i].name, corpus_table(kept[i], max_rows, seed)))
             except DataError as exc:
                 console.print(f"skipping {kept[i].name}: {exc}")
-        configs = candidate_configs(candidates, seed, max_steps)
+        info = TaskInfo(task="binary", n_out=2, n_rows=max_rows, n_columns=0, meta=meta)
+        configs = candidate_configs(chosen_families, per_family, info, seed, max_steps)
         console.print(f"performance table: {len(configs)} configurations x {len(chosen_tables)} tables "
                       f"({len(excluded)} dev-eval tables and copies left out)")
+        started = time.monotonic()
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
             bar = progress.add_task("cells", total=len(configs) * len(chosen_tables))
-            table = performance_table(chosen_tables, configs, seed=seed,
+            table = performance_table(chosen_tables, configs, seed=seed, meta=meta, cells_path=cells,
                                       on_cell=lambda name, i, score: progress.advance(bar))
         normalised = table.normalised()
-        picked = greedy_portfolio(normalised, size)
+        picked = cheapest_first(greedy_portfolio(normalised, size), table.seconds)
         check = cross_validate_portfolio(normalised, size, seed=seed)
         meta.spec["portfolio"] = [configs[i].to_json() for i in picked]
         meta.spec["portfolio_check"] = check
+        meta.spec["performance_table"] = {"candidates": len(configs), "tables": len(chosen_tables),
+                                          "max_rows": max_rows, "build_seconds": round(time.monotonic() - started)}
         save_meta_model(meta, meta_model)
-    rows = [{"rank": r + 1, "candidate": i, "mean_norm": float(normalised[i].mean()),
-             "best_on": int((normalised[i] == 1.0).sum()),
-             "config": " ".join(f"{k}={v}" for k, v in configs[i].to_json().items() if k != "init")}
+    rows = [{"order": r + 1, "family": configs[i].family, "mean_norm": float(normalised[i].mean()),
+             "best_on": int((normalised[i] == 1.0).sum()), "median_s": float(np.nanmedian(table.seconds[i])),
+             "config": " ".join(f"{k}={v}" for k, v in configs[i].config.items() if k != "init")}
             for r, i in enumerate(picked)]
-    console.print(plain_table(rows, "portfolio"))
+    console.print(plain_table(rows, "portfolio (the order fit tries it)"))
     console.print(plain_table([check], "best-of normalised score on tables the portfolio was not chosen on "
-                                       "(2-fold over tables)"))
+                                       "(2-fold over tables; default = the first family's default)"))
     if json_path is not None:
         write_json(json_path, {**table.to_json(), "portfolio": picked, "check": check})
     console.print(f"wrote the portfolio into {meta_model}")

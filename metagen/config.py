@@ -1,7 +1,7 @@
 """A network configuration: architecture plus how to train (adapt) it.
 
-One frozen dataclass is the whole configuration, so the search, the proposer and
-the model file all speak the same JSON.
+One frozen dataclass is the whole configuration, so the search (``families/mlp.py``),
+the proposer and the model file all speak the same JSON.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
-
-import optuna
 
 from metagen.errors import ConfigError
 
@@ -84,51 +82,6 @@ class NetConfig:
 
 
 ARCH_FIELDS = ("depth", "width", "activation", "norm", "residual", "scale_layer", "scaling")
-
-
-def suggest_config(trial: optuna.Trial, max_steps: int | None = None, member: NetConfig | None = None) -> NetConfig:
-    """The search space, which holds RealMLP-TD's ingredients so that beating it means something.
-
-    A trial that adapts a meta-model ``member``'s learned start keeps that member's
-    architecture and draws only how it trains.
-    """
-    steps_hi = max_steps or 2000
-    steps_lo = min(50, steps_hi)
-    init = "random" if member is None else member.init
-    if member is None:
-        arch = dict(
-            depth=trial.suggest_int("depth", 1, 4),
-            width=trial.suggest_categorical("width", [64, 128, 256, 512]),
-            activation=trial.suggest_categorical("activation", list(ACTIVATIONS)),
-            norm=trial.suggest_categorical("norm", list(NORMS)),
-            residual=trial.suggest_categorical("residual", [False, True]),
-            scale_layer=trial.suggest_categorical("scale_layer", [False, True]),
-            scaling=trial.suggest_categorical("scaling", list(SCALINGS)),
-        )
-    else:
-        arch = {k: getattr(member, k) for k in ARCH_FIELDS}
-    return NetConfig(
-        **arch,
-        init=init,
-        dropout=trial.suggest_float("dropout", 0.0, 0.5),
-        lr=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-        weight_decay=trial.suggest_float("weight_decay", 1e-7, 1e-2, log=True),
-        batch_size=trial.suggest_categorical("batch_size", [64, 128, 256, 512]),
-        steps=trial.suggest_int("steps", steps_lo, steps_hi, log=True),
-        schedule=trial.suggest_categorical("schedule", list(SCHEDULES)),
-        label_smoothing=trial.suggest_float("label_smoothing", 0.0, 0.2),
-    )
-
-
-def trial_params(config: NetConfig, max_steps: int | None = None) -> dict[str, Any]:
-    """Parameters for ``study.enqueue_trial`` so a known configuration is tried first."""
-    params = config.to_json()
-    params.pop("init")  # which start a trial adapts is not a search parameter
-    steps_hi = max_steps or 2000
-    params["steps"] = int(min(max(params["steps"], min(50, steps_hi)), steps_hi))
-    if config.init != "random":  # a member's architecture is fixed
-        params = {k: v for k, v in params.items() if k not in ARCH_FIELDS}
-    return params
 
 
 def lr_at(config: NetConfig, step: int) -> float:

@@ -17,7 +17,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from metagen.config import NetConfig
+from metagen.families import parse_families
 from metagen.fit import FitOptions, fit_table
 from metagen.predictor import Predictor
 from metagen.table import make_table
@@ -32,6 +32,7 @@ class _MetaGenBase(BaseEstimator):
         "max_steps": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
         "use_meta": ["boolean"],
+        "families": [str, list, tuple, None],
     }
     _task: str | None = None
 
@@ -43,12 +44,14 @@ class _MetaGenBase(BaseEstimator):
         max_steps: int | None = None,
         random_state: int | None = None,
         use_meta: bool = True,
+        families: str | list[str] | tuple[str, ...] | None = None,
     ) -> None:
         self.time_budget = time_budget
         self.n_trials = n_trials
         self.max_steps = max_steps
         self.random_state = random_state
         self.use_meta = use_meta
+        self.families = families
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -74,11 +77,13 @@ class _MetaGenBase(BaseEstimator):
         options = FitOptions(
             time_budget=float(self.time_budget), n_trials=self.n_trials, seed=seed,
             test_size=0.0, max_steps=self.max_steps, use_meta=self.use_meta,
+            families=parse_families(self.families),
         )
         fitted = fit_table(table, options)
         self.model_ = Predictor(fitted)
-        self.best_config_: NetConfig = fitted.config
         self.leaderboard_ = pd.DataFrame(fitted.leaderboard)
+        self.members_ = pd.DataFrame([{"family": m.family, "weight": m.weight, "score": m.score, "trial": m.trial}
+                                      for m in fitted.members])
         return self
 
     def _predict_frame(self, X) -> pd.DataFrame:
@@ -88,7 +93,7 @@ class _MetaGenBase(BaseEstimator):
 
 
 class MetaGenClassifier(ClassifierMixin, _MetaGenBase):
-    """Classifier: ``fit(X, y)`` searches networks for ``time_budget`` seconds and keeps the best."""
+    """Classifier: ``fit(X, y)`` searches the model families for ``time_budget`` seconds and blends the best."""
 
     def fit(self, X, y) -> "MetaGenClassifier":
         y_arr = column_or_1d(y, warn=True)
@@ -108,7 +113,7 @@ class MetaGenClassifier(ClassifierMixin, _MetaGenBase):
 
 
 class MetaGenRegressor(RegressorMixin, _MetaGenBase):
-    """Regressor: ``fit(X, y)`` searches networks for ``time_budget`` seconds and keeps the best."""
+    """Regressor: ``fit(X, y)`` searches the model families for ``time_budget`` seconds and blends the best."""
 
     def fit(self, X, y) -> "MetaGenRegressor":
         y_arr = np.asarray(column_or_1d(y, warn=True), dtype=np.float64)

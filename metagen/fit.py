@@ -1,7 +1,8 @@
-"""The ``fit`` flow: Table -> split -> preprocessing -> search -> finalize -> FittedModel.
+"""The ``fit`` flow: Table -> views and validation plan -> search over families -> ensemble -> FittedModel.
 
 Each stage is one call with plain data between; the CLI and the scikit-learn
-estimators both come through :func:`fit_table`.
+estimators both come through :func:`fit_table`, and a proposer or a meta-model
+is passed in rather than reached for.
 """
 
 from __future__ import annotations
@@ -9,35 +10,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property
 
 import numpy as np
-import torch
-from sklearn.model_selection import train_test_split
 
-from metagen.config import NetConfig
+from metagen.ensemble import select_ensemble
 from metagen.errors import ConfigError, DataError
+from metagen.families import FAMILIES, Candidate, TaskInfo, parse_families
+from metagen.meta_model import MetaModel, shipped_meta_model
 from metagen.metrics import all_metrics, metric_name, selection_score
-from metagen.network import MLP
+from metagen.model import FittedModel, Member
 from metagen.preprocess import Preprocessor, fit_preprocessor
-from metagen.meta_model import MetaModel, member_config, shipped_meta_model
-from metagen.search import Progress, SearchData, open_study, quiet_optuna, run_search, train_config
+from metagen.search import Progress, SearchData, TrialResult, open_study, quiet_optuna, run_search, run_trial
 from metagen.table import Table
-from metagen.train import TrainResult, predict_array
+from metagen.validation import KFOLD_MAX_ROWS, holdout, make_plan
 
 log = logging.getLogger(__name__)
 
 # Share of the budget kept back for finalizing (ensemble selection, scoring, writing), at least a second.
-FINALIZE_RESERVE = 0.08
-# Validation and test rows are capped: every trial scores the validation rows many times,
-# and 10,000 rows pin a score down to about 0.01 already.
-MAX_HOLDOUT_ROWS = 10_000
-# A learned start needs fewer and gentler steps than a random one.
-META_STEPS = 200
-META_LR = 1e-3
-ENSEMBLE_ROUNDS = 10
+FINALIZE_RESERVE = 0.06
+# Share of what is left that the search gets when members must be trained again on every row afterwards.
+REFIT_SEARCH_SHARE = 0.7
+VIEWS = ("quantile", "robust", "ordinal")
+# Defaults are tried cheapest family first, so a usable model exists within seconds.
+CHEAP_FIRST = ("linear", "gbdt", "forest", "mlp")
 
 
 @dataclass(frozen=True)
@@ -53,226 +50,194 @@ class FitOptions:
     """Optuna storage URL (``sqlite:///study.db``, any RDB URL); None keeps the study in memory."""
     study_name: str = "metagen"
     resume: bool = False
-    test_size: float = 0.2
-    """Rows held back for the reported score (0 to use every row for the search)."""
-    valid_size: float = 0.2
+    test_size: float = 0.0
+    """Rows held back for a reported score, after which the members are refit on every row; 0: the
+    reported score is out-of-fold."""
     max_steps: int | None = None
-    """Upper bound of the steps per trial (the search space goes up to 2000)."""
+    """Upper bound of the steps per network trial (the space goes up to 2000)."""
     use_meta: bool = True
-    """Start trials from the shipped meta-model's learned inits; False is the ``--no-meta`` reference search."""
+    """Start from the shipped meta-model's portfolio and learned inits; False is the ``--no-meta`` reference."""
+    families: tuple[str, ...] | None = None
+    """Model families to search (``mlp``, ``gbdt``, ``forest``, ``linear``); None: all of them."""
+    kfold_max_rows: int = KFOLD_MAX_ROWS
+    """Tables up to this many training rows are scored out-of-fold; larger ones on a holdout."""
 
     def __post_init__(self) -> None:
         if not self.time_budget > 0:
             raise ConfigError(f"time_budget must be positive, got {self.time_budget}.", "Pass seconds, e.g. 60.")
         if self.n_trials is not None and self.n_trials < 1:
             raise ConfigError(f"n_trials must be at least 1, got {self.n_trials}.")
-        if not 0 <= self.test_size < 0.9 or not 0 < self.valid_size < 0.9:
-            raise ConfigError("test_size and valid_size must be fractions between 0 and 0.9.")
-
-
-@dataclass
-class Member:
-    """One network of the final ensemble and its share of the averaged prediction."""
-
-    config: NetConfig
-    state_dict: dict[str, torch.Tensor]
-    weight: float = 1.0
-
-
-@dataclass
-class FittedModel:
-    """Everything the model file holds: plain data and the members' state dicts."""
-
-    columns: list[dict]
-    target: str
-    task: str
-    classes: list | None
-    preprocessor: Preprocessor
-    members: list[Member]
-    """The best trial's network first; the weights sum to one."""
-    n_in: int
-    n_out: int
-    y_mean: float = 0.0
-    y_std: float = 1.0
-    metrics: dict[str, float] = field(default_factory=dict)
-    valid_score: float = float("nan")
-    leaderboard: list[dict] = field(default_factory=list)
-    provenance: dict = field(default_factory=dict)
-
-    @property
-    def config(self) -> NetConfig:
-        """The best trial's configuration."""
-        return self.members[0].config
-
-    @cached_property
-    def networks(self) -> list[MLP]:
-        """In float64: a row's prediction must not depend on which rows share its batch."""
-        nets = []
-        for member in self.members:
-            model = MLP(self.n_in, self.n_out, member.config)
-            model.load_state_dict(member.state_dict)
-            nets.append(model.double().eval())
-        return nets
-
-    def predict_raw(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities or values in target units, from preprocessed rows: the members' weighted mean."""
-        out = sum(m.weight * predict_array(net, X, self.task) for m, net in zip(self.members, self.networks))
-        return out * self.y_std + self.y_mean if self.task == "regression" else out
-
-
-def select_ensemble(results: list[TrainResult], X_va: np.ndarray, y_va: np.ndarray, task: str,
-                    rounds: int = ENSEMBLE_ROUNDS) -> list[tuple[int, float]]:
-    """Greedy ensemble selection with replacement (Caruana et al., 2004) on the validation rows.
-
-    ``results`` are ordered best first, so ties keep the better single model. Returns
-    (index, weight) pairs; a single model comes back when no blend scores higher.
-    """
-    preds = [predict_array(r.model, X_va, task) for r in results]
-    counts = np.zeros(len(results))
-    blend = np.zeros_like(preds[0])
-    for n in range(rounds):
-        scores = [selection_score(task, y_va, (blend * n + p) / (n + 1)) for p in preds]
-        j = int(np.nanargmax(scores))
-        counts[j] += 1
-        blend = (blend * n + preds[j]) / (n + 1)
-    return [(int(j), counts[j] / rounds) for j in np.flatnonzero(counts)]
-
-
-def first_configs(meta: MetaModel | None) -> list[NetConfig]:
-    """Tried before the sampler takes over: the meta-model's portfolio (or the default without one),
-    then each member's learned start."""
-    if meta is None:
-        return [NetConfig()]
-    members = [member_config(arch, steps=META_STEPS, lr=META_LR) for arch, _ in meta.members.values()]
-    return [*(meta.portfolio() or [NetConfig()]), *members]
-
-
-def _split(n: int, y: np.ndarray, task: str, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.arange(n)
-    stratify = y if task != "regression" and np.bincount(y).min() >= 2 else None
-    n_hold = min(max(1, int(round(size * n))), MAX_HOLDOUT_ROWS)
-    if stratify is not None:
-        n_hold = max(n_hold, len(np.unique(y)))
-    if n - n_hold < 2:
-        raise DataError(f"The table has only {n} usable rows.", "metagen needs at least a few rows per class to learn.")
-    a, b = train_test_split(idx, test_size=n_hold, random_state=seed, stratify=stratify)
-    return np.sort(a), np.sort(b)
+        if not 0 <= self.test_size < 0.9:
+            raise ConfigError(f"test_size must be a fraction in [0, 0.9), got {self.test_size}.")
+        object.__setattr__(self, "families", parse_families(self.families))
 
 
 @dataclass
 class PreparedData:
-    """A table split into fit / validation / test rows and preprocessed once per numeric scaling."""
+    """A table's training rows in every view, its held-back rows, and the scaling of a numeric target."""
 
     search: SearchData
-    preprocessors: dict[str, Preprocessor]
-    fit_idx: np.ndarray
-    val_idx: np.ndarray
+    views: dict[str, Preprocessor]
+    train_idx: np.ndarray
     test_idx: np.ndarray
     y_mean: float = 0.0
     y_std: float = 1.0
 
 
-def prepare_data(table: Table, options: FitOptions) -> PreparedData:
-    """The rows every trial trains and is scored on, as ``fit`` and the proposer's performance table see them."""
+def prepare_data(table: Table, options: FitOptions, meta: MetaModel | None = None) -> PreparedData:
+    """The rows every trial trains and is scored on, as ``fit`` and the performance table see them."""
     task, y = table.task, table.y
     if task != "regression":
         counts = np.bincount(y, minlength=len(table.classes or []))
         if len(y) < 2 * len(counts):
-            raise DataError(
-                f"The table has {len(y)} rows for {len(counts)} classes.",
-                "metagen needs at least two rows per class.",
-            )
+            raise DataError(f"The table has {len(y)} rows for {len(counts)} classes.",
+                            "metagen needs at least two rows per class.")
     if options.test_size > 0:
-        train_idx, test_idx = _split(len(y), y, task, options.test_size, options.seed)
+        train_idx, test_idx = holdout(len(y), y, task, options.test_size, options.seed)
     else:
         train_idx, test_idx = np.arange(len(y)), np.arange(0)
-    fit_idx, val_idx = _split(len(train_idx), y[train_idx], task, options.valid_size, options.seed + 1)
-    fit_idx, val_idx = train_idx[fit_idx], train_idx[val_idx]
-
-    X_fit = table.X.iloc[fit_idx]
-    preprocessors = {s: fit_preprocessor(X_fit, table.columns, s) for s in ("quantile", "robust")}
+    X_train = table.X.iloc[train_idx]
+    views = {s: fit_preprocessor(X_train, table.columns, s) for s in VIEWS}
     y_mean, y_std = 0.0, 1.0
     if task == "regression":
-        y_mean, y_std = float(y[fit_idx].mean()), float(y[fit_idx].std()) or 1.0
+        y_mean, y_std = float(y[train_idx].mean()), float(y[train_idx].std()) or 1.0
     y_model = (y - y_mean) / y_std if task == "regression" else y
+    info = TaskInfo(task=task, n_out=1 if task == "regression" else len(table.classes or []),
+                    n_rows=len(train_idx), n_columns=views["ordinal"].n_features_out,
+                    categorical=tuple(views["ordinal"].categorical), meta=meta)
     search = SearchData(
-        X_tr={s: p.transform(X_fit) for s, p in preprocessors.items()},
-        y_tr=y_model[fit_idx],
-        X_va={s: p.transform(table.X.iloc[val_idx]) for s, p in preprocessors.items()},
-        y_va=y_model[val_idx],
-        task=task,
-        n_out=1 if task == "regression" else len(table.classes or []),
+        views={s: p.transform(X_train) for s, p in views.items()}, y=y_model[train_idx],
+        plan=make_plan(y_model[train_idx], task, options.seed + 1, kfold_max_rows=options.kfold_max_rows),
+        info=info,
     )
-    return PreparedData(search, preprocessors, fit_idx, val_idx, test_idx, y_mean, y_std)
+    return PreparedData(search, views, train_idx, test_idx, y_mean, y_std)
+
+
+def first_candidates(meta: MetaModel | None, families: tuple[str, ...], info: TaskInfo) -> list[Candidate]:
+    """Tried before the sampler takes over: the meta-model's portfolio, then every family's defaults, cheapest
+    family first (the network family's defaults include the meta-model's learned starts)."""
+    portfolio = [Candidate.from_json(c) for c in (meta.portfolio() if meta is not None else [])]
+    per_family = [FAMILIES[name]().defaults(info) for name in CHEAP_FIRST if name in families]
+    defaults = [Candidate(name, config) for rank in range(max(map(len, per_family), default=0))
+                for name, configs in zip([n for n in CHEAP_FIRST if n in families], per_family)
+                for config in configs[rank:rank + 1]]
+    out: list[Candidate] = []
+    for cand in [c for c in portfolio if c.family in families] + defaults:
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
+def _refit(result: TrialResult, data: SearchData, X_rows: dict[str, np.ndarray], y_rows: np.ndarray, seed: int,
+           deadline: float) -> bool:
+    """Train the member again as one model on every row, if its last training time fits before ``deadline``."""
+    family = FAMILIES[result.family]()
+    # A part saw about 80 % of the training rows (a fold or the holdout's fit rows); cost grows with rows.
+    expected = result.seconds / max(1, len(result.parts)) * len(y_rows) / (0.8 * data.info.n_rows)
+    if time.monotonic() + 1.2 * expected > deadline:
+        return False
+    trained = family.train(X_rows[family.view(result.config)], y_rows, result.config, data.info, seed=seed,
+                           deadline=deadline)
+    result.parts = [trained.part]
+    return True
 
 
 def fit_table(
     table: Table,
     options: FitOptions = FitOptions(),
     on_progress: Callable[[Progress], None] | None = None,
+    meta: MetaModel | None = None,
 ) -> FittedModel:
+    """Search every family in ``options.families`` and blend the best into one model.
+
+    ``meta`` overrides the shipped meta-model (the proposer's portfolio and the learned starts).
+    """
     start = time.monotonic()
     task, y = table.task, table.y
-    prepared = prepare_data(table, options)
-    data, preprocessors = prepared.search, prepared.preprocessors
-    fit_idx, val_idx, test_idx = prepared.fit_idx, prepared.val_idx, prepared.test_idx
-    n_out = data.n_out
-    spent = time.monotonic() - start
+    if meta is None and options.use_meta:
+        meta = shipped_meta_model()
+    meta = meta if options.use_meta else None
+    prepared = prepare_data(table, options, meta)
+    data = prepared.search
+    plan, info = data.plan, data.info
+    refit_after = plan.refit or len(prepared.test_idx) > 0
+    left = options.time_budget - (time.monotonic() - start)
     reserve = max(1.0, options.time_budget * FINALIZE_RESERVE)
-    search_budget = max(1.0, options.time_budget - reserve - spent)
-    meta = shipped_meta_model() if options.use_meta else None
+    search_budget = max(1.0, (left - reserve) * (REFIT_SEARCH_SHARE if refit_after else 1.0))
     with quiet_optuna():
         study = open_study(options.storage, options.study_name, options.seed, options.resume)
         result = run_search(
-            data, study, time_budget=search_budget, n_trials=options.n_trials, seed=options.seed,
-            enqueue=first_configs(meta), max_steps=options.max_steps, on_progress=on_progress, meta=meta,
+            data, study, options.families, time_budget=search_budget, n_trials=options.n_trials, seed=options.seed,
+            enqueue=first_candidates(meta, options.families, info), max_steps=options.max_steps,
+            on_progress=on_progress,
         )
-    scaling = result.best_config.scaling
-    models = dict(result.models)
-    if result.best_trial not in models:  # the best trial ran in an earlier, resumed process: train it again
-        models[result.best_trial] = train_config(data, result.best_config, seed=options.seed + result.best_trial,
-                                                 meta=meta)
-    # Members share the best trial's numeric scaling, so one preprocessor serves them all.
-    order = [result.best_trial] + sorted(
-        (n for n in models if n != result.best_trial and n in result.configs
-         and result.configs[n].scaling == scaling), key=lambda n: -models[n].score)
-    pool = [models[n] for n in order]
-    chosen = select_ensemble(pool, data.X_va[scaling], data.y_va, task)
-    members = [Member(result.configs[order[j]], {k: v.detach().clone() for k, v in pool[j].model.state_dict().items()},
-                      w) for j, w in sorted(chosen, key=lambda jw: (jw[0] != 0, -jw[1]))]
-    preprocessor = preprocessors[scaling]
+    pool = dict(result.pool)
+    if result.best_trial not in pool:  # the best trial ran in an earlier, resumed process: train it again
+        best = result.configs[result.best_trial]
+        pool[result.best_trial] = run_trial(data, FAMILIES[best.family](), best.config,
+                                            seed=options.seed + result.best_trial)
+        pool[result.best_trial].trial = result.best_trial
+    order = sorted(pool, key=lambda n: (n != result.best_trial, -pool[n].score))
+    chosen = select_ensemble([pool[n].predictions for n in order], data.y_scored, task)
+    chosen.sort(key=lambda jw: (jw[0] != 0, -jw[1]))
+    members = [(pool[order[j]], w) for j, w in chosen]
+    blend = sum(w * r.predictions for r, w in members)
+    ensemble_score = selection_score(task, data.y_scored, blend)
+
     fitted = FittedModel(
-        columns=table.schema(),
-        target=table.target,
-        task=task,
-        classes=table.classes,
-        preprocessor=preprocessor,
-        members=members,
-        n_in=preprocessor.n_features_out,
-        n_out=n_out,
-        y_mean=prepared.y_mean,
-        y_std=prepared.y_std,
-        valid_score=result.best_score,
-        leaderboard=result.leaderboard,
-        provenance={
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "n_rows": table.n_rows,
-            "n_train_rows": int(len(fit_idx)),
-            "n_valid_rows": int(len(val_idx)),
-            "n_test_rows": int(len(test_idx)),
-            "seed": options.seed,
-            "time_budget": options.time_budget,
-            "study_name": result.study_name,
-            "n_trials_complete": result.n_complete,
-            "n_trials_pruned": result.n_pruned,
-            "ensemble_size": len(members),
-            "interrupted": result.interrupted,
-            "metric": metric_name(task),
-            "fit_seconds": None,
-        },
+        columns=table.schema(), target=table.target, task=task, classes=table.classes,
+        views={}, members=[], n_out=info.n_out, y_mean=prepared.y_mean, y_std=prepared.y_std,
+        valid_score=result.best_score, leaderboard=result.leaderboard,
     )
-    if len(test_idx):
-        pred = fitted.predict_raw(preprocessor.transform(table.X.iloc[test_idx]))
-        fitted.metrics = all_metrics(task, y[test_idx], pred)
-    fitted.provenance["fit_seconds"] = round(time.monotonic() - start, 2)
+    weights = {r.trial: w for r, w in members}
+    for row in fitted.leaderboard:
+        row["weight"] = round(weights.get(row["trial"], 0.0), 4)
+    fitted.members = [Member(r.family, r.config, FAMILIES[r.family]().view(r.config), r.parts, w, r.score, r.trial)
+                      for r, w in members]
+    fitted.views = {m.view: prepared.views[m.view] for m in fitted.members}
+
+    def unscale(pred: np.ndarray) -> np.ndarray:
+        return pred * prepared.y_std + prepared.y_mean if task == "regression" else pred
+
+    if len(prepared.test_idx):
+        fitted.metrics = all_metrics(task, y[prepared.test_idx], fitted.predict_raw(table.X.iloc[prepared.test_idx]))
+        source = f"held-back rows ({len(prepared.test_idx)})"
+    else:
+        fitted.metrics = all_metrics(task, y[prepared.train_idx][plan.score_rows], unscale(blend))
+        source = ("out-of-fold predictions" if plan.kind == "kfold" else "validation rows") + \
+            f" ({len(plan.score_rows)} rows; the ensemble was chosen on them too)"
+    n_refit = 0
+    if refit_after:
+        deadline = start + options.time_budget - 0.5 * reserve
+        X_all = ({name: view.transform(table.X) for name, view in fitted.views.items()} if len(prepared.test_idx)
+                 else data.views)
+        y_all = (y - prepared.y_mean) / prepared.y_std if task == "regression" else y
+        for (r, _), member in zip(members, fitted.members):
+            if r.needs_refit or len(prepared.test_idx):
+                if _refit(r, data, X_all, y_all, options.seed + 7919, deadline):
+                    member.parts = r.parts
+                    n_refit += 1
+    fitted.provenance = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_rows": table.n_rows,
+        "n_train_rows": int(len(prepared.train_idx)),
+        "n_test_rows": int(len(prepared.test_idx)),
+        "validation": plan.kind,
+        "n_folds": len(plan.folds) if plan.kind == "kfold" else 0,
+        "n_scored_rows": int(len(plan.score_rows)),
+        "score_source": source,
+        "ensemble_score": ensemble_score,
+        "members_refit_on_all_rows": n_refit,
+        "seed": options.seed,
+        "time_budget": options.time_budget,
+        "families": list(options.families),
+        "study_name": result.study_name,
+        "n_trials_complete": result.n_complete,
+        "n_trials_pruned": result.n_pruned,
+        "first_model_s": None if result.first_model_s is None else round(result.first_model_s, 2),
+        "ensemble_size": len(fitted.members),
+        "interrupted": result.interrupted,
+        "metric": metric_name(task),
+        "fit_seconds": round(time.monotonic() - start, 2),
+    }
     return fitted

@@ -36,9 +36,10 @@ class MetaModel:
     members: dict[str, tuple[MetaArch, Params]]
     spec: dict = field(default_factory=dict)
 
-    def portfolio(self) -> list[NetConfig]:
-        """The proposer's zero-shot portfolio (``metagen meta-portfolio``), best first; empty when it has none."""
-        return [NetConfig.from_json(c) for c in self.spec.get("portfolio", [])]
+    def portfolio(self) -> list[dict]:
+        """The proposer's zero-shot portfolio (``metagen meta-portfolio``) as ``{"family", "config"}`` JSON,
+        in the order ``fit`` tries it; empty when it has none."""
+        return list(self.spec.get("portfolio", []))
 
 
 def save_meta_model(model: MetaModel, path: str | Path) -> Path:

@@ -1,8 +1,10 @@
 """The model file: a zip of ``spec.json`` and ``weights.safetensors``. Nothing in it is ever executed.
 
-Loading reads JSON and raw tensors only (no pickle), accepts exactly the two
+Loading reads JSON and raw arrays only (no pickle), accepts exactly the two
 expected members, checks the format version, the weights' checksum and every
-tensor's shape against the architecture the spec describes.
+part's arrays against what its kind expects. Each member names its family, its
+view of the columns and its parts; part ``j`` of member ``i`` keeps its arrays
+under ``m{i}/p{j}/<name>``.
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
-from metagen.config import NetConfig
 from metagen.errors import ModelFileError
-from metagen.fit import FittedModel, Member
-from metagen.network import MLP
+from metagen.model import FittedModel, Member
 from metagen.preprocess import Preprocessor
+from metagen.serving import PART_KINDS
 
 FORMAT = "metagen-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPEC = "spec.json"
 WEIGHTS = "weights.safetensors"
 MAX_SPEC_BYTES = 64 * 1024 * 1024
@@ -34,15 +35,26 @@ MAX_WEIGHTS_BYTES = 4 * 1024**3
 
 
 def _versions() -> dict[str, str]:
+    import torch
+
     from metagen import __version__
 
-    return {"metagen": __version__, "torch": torch.__version__}
+    return {"metagen": __version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
 def save_model(model: FittedModel, path: str | Path) -> Path:
     """Write atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
-    tensors = {f"m{i}/{k}": v.contiguous() for i, m in enumerate(model.members) for k, v in m.state_dict.items()}
+    tensors: dict[str, np.ndarray] = {}
+    members = []
+    for i, member in enumerate(model.members):
+        parts = []
+        for j, part in enumerate(member.parts):
+            meta, arrays = part.to_arrays()
+            parts.append({"kind": part.kind, "meta": meta})
+            tensors.update({f"m{i}/p{j}/{k}": np.ascontiguousarray(v) for k, v in arrays.items()})
+        members.append({"family": member.family, "config": member.config, "view": member.view,
+                        "weight": member.weight, "score": member.score, "trial": member.trial, "parts": parts})
     weights = save_safetensors(tensors)
     spec = {
         "format": FORMAT,
@@ -52,9 +64,8 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
         "task": model.task,
         "classes": model.classes,
         "columns": model.columns,
-        "preprocessor": model.preprocessor.to_json(),
-        "members": [{"config": m.config.to_json(), "weight": m.weight} for m in model.members],
-        "n_in": model.n_in,
+        "views": {name: view.to_json() for name, view in model.views.items()},
+        "members": members,
         "n_out": model.n_out,
         "y_mean": model.y_mean,
         "y_std": model.y_std,
@@ -115,6 +126,11 @@ def read_spec(path: str | Path) -> tuple[dict, bytes]:
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a metagen model file.", hint)
     version = spec.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has model format version {version}, written by a metagen before model families.",
+            "Fit the model again with this metagen.",
+        )
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path} has model format version {version}; this metagen reads up to {FORMAT_VERSION}.",
@@ -125,31 +141,47 @@ def read_spec(path: str | Path) -> tuple[dict, bytes]:
     return spec, weights
 
 
+def _members(spec: dict, state: dict[str, np.ndarray]) -> tuple[dict[str, Preprocessor], list[Member]]:
+    views = {name: Preprocessor.from_json(v) for name, v in spec["views"].items()}
+    members, used = [], set()
+    for i, m in enumerate(spec["members"]):
+        if m["view"] not in views:
+            raise ValueError(f"member {i} reads view {m['view']!r}, which the file does not have")
+        parts = []
+        for j, p in enumerate(m["parts"]):
+            if p["kind"] not in PART_KINDS:
+                raise ValueError(f"member {i} has a part of unknown kind {p['kind']!r}")
+            prefix = f"m{i}/p{j}/"
+            arrays = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            used |= {prefix + k for k in arrays}
+            parts.append(PART_KINDS[p["kind"]].from_arrays(p["meta"], arrays))
+        if not parts:
+            raise ValueError(f"member {i} has no parts")
+        members.append(Member(m["family"], m["config"], m["view"], parts, float(m["weight"]),
+                              float(m.get("score", float("nan"))), m.get("trial")))
+    if used != set(state):
+        raise ValueError("the weights hold arrays that no member reads")
+    return views, members
+
+
 def load_fitted(path: str | Path) -> FittedModel:
     spec, weights = read_spec(path)
     try:
-        configs = [NetConfig.from_json(m["config"]) for m in spec["members"]]
         state = load_safetensors(weights)
-        expected = {f"m{i}/{k}": list(v.shape) for i, config in enumerate(configs)
-                    for k, v in MLP(spec["n_in"], spec["n_out"], config).state_dict().items()}
         found = {k: list(v.shape) for k, v in state.items()}
-        if found != expected or spec["weights"]["shapes"] != expected:
-            raise ModelFileError(
-                f"{path}: the weights' shapes do not match the architecture in its spec.",
-                "The file is corrupt or was edited; fit the model again.",
-            )
+        if spec["weights"]["shapes"] != found:
+            raise ModelFileError(f"{path}: the weights' shapes do not match its spec.",
+                                 "The file is corrupt or was edited; fit the model again.")
+        views, members = _members(spec, state)
+        if not members:
+            raise ValueError("no members")
         return FittedModel(
             columns=spec["columns"],
             target=spec["target"],
             task=spec["task"],
             classes=spec["classes"],
-            preprocessor=Preprocessor.from_json(spec["preprocessor"]),
-            members=[
-                Member(config, {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"m{i}/")},
-                       float(m["weight"]))
-                for i, (config, m) in enumerate(zip(configs, spec["members"]))
-            ],
-            n_in=spec["n_in"],
+            views=views,
+            members=members,
             n_out=spec["n_out"],
             y_mean=spec["y_mean"],
             y_std=spec["y_std"],
@@ -160,7 +192,7 @@ def load_fitted(path: str | Path) -> FittedModel:
         )
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelFileError(f"{path} has an incomplete or invalid spec ({exc}).", "Fit the model again.") from exc
     except SafetensorError as exc:
         raise ModelFileError(f"{path}: cannot read the weights ({exc}).", "Fit the model again.") from exc

@@ -1,4 +1,7 @@
-"""The ``serve`` flow: model file -> schema check -> preprocessing -> network -> predictions."""
+"""The ``serve`` flow: model file -> schema check -> views -> members -> weighted blend -> predictions.
+
+Nothing here imports Optuna, the search or any training code (a test proves it).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from metagen.errors import DataError, SchemaError
-from metagen.fit import FittedModel
+from metagen.model import FittedModel
 from metagen.model_file import load_fitted, save_model
 
 
@@ -30,7 +33,7 @@ class Predictor:
     def feature_names(self) -> list[str]:
         return [c["name"] for c in self.fitted.columns]
 
-    def _rows(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    def _rows(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         if not isinstance(X, pd.DataFrame):
             arr = np.asarray(X, dtype=object)
             if arr.ndim != 2 or arr.shape[1] != len(self.feature_names):
@@ -40,8 +43,7 @@ class Predictor:
                 )
             X = pd.DataFrame(arr, columns=self.feature_names).infer_objects()
         X = X.rename(columns=str)
-        needed = self.fitted.preprocessor.input_names
-        missing = [c for c in needed if c not in X.columns]
+        missing = [c for c in self.fitted.input_names if c not in X.columns]
         if missing:
             raise SchemaError(
                 f"Missing column(s) the model was fitted on: {', '.join(missing)}.",
@@ -49,7 +51,7 @@ class Predictor:
             )
         if len(X) == 0:
             raise DataError("No rows to predict.", "Pass at least one row.")
-        return self.fitted.preprocessor.transform(X)
+        return X
 
     def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         if self.task == "regression":

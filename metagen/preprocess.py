@@ -8,6 +8,10 @@ Fitted on training rows only. The same code prepares tables for meta-training
   unseen levels at predict time map to all-zeros / frequency zero;
 - missing values: imputed (to the median, i.e. 0 after scaling) plus an indicator
   column when the training rows had any.
+
+The ``ordinal`` scaling is the trees' view of the same columns: raw numbers with
+missing values left as NaN, and each category as its frequency rank (unseen and
+missing levels NaN), one output column per input column.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from scipy.special import ndtri
 
 from metagen.table import ColumnInfo
 
-NumericScaling = Literal["quantile", "robust"]
+NumericScaling = Literal["quantile", "robust", "ordinal"]
 MAX_ONEHOT = 10
 N_QUANTILES = 64
 _CLIP = 5.0
+# A tree sees a category column as categorical up to this many levels (HistGradientBoosting's
+# 255 bins, less room for missing values); beyond, as its frequency rank.
+MAX_TREE_CATEGORIES = 250
+# Infinities in the ordinal view: the largest values float32 holds comfortably.
+_HUGE = 1e30
 
 
 @dataclass
@@ -44,8 +53,9 @@ class ColumnState:
     log_freq: list[float] = field(default_factory=list)
     unseen: float = 0.0  # log frequency given to levels never seen in training
 
-    @property
-    def width(self) -> int:
+    def width(self, scaling: NumericScaling) -> int:
+        if scaling == "ordinal":
+            return 1
         return (len(self.levels) if self.kind == "onehot" else 1) + int(self.indicator)
 
 
@@ -62,7 +72,12 @@ class Preprocessor:
 
     @property
     def n_features_out(self) -> int:
-        return sum(c.width for c in self.columns)
+        return sum(c.width(self.scaling) for c in self.columns)
+
+    @property
+    def categorical(self) -> list[bool]:
+        """Per output column of the ordinal view: does it hold category codes a tree may split as sets?"""
+        return [c.kind in ("onehot", "frequency") and len(c.levels) <= MAX_TREE_CATEGORIES for c in self.columns]
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         """Rows to a float32 matrix; ``X`` must hold every input column (extra ones are ignored)."""
@@ -134,7 +149,19 @@ def _as_text(col: pd.Series) -> np.ndarray:
     return text
 
 
+def _ordinal_column(state: ColumnState, col: pd.Series) -> np.ndarray:
+    if state.kind == "numeric":
+        return np.clip(_as_float(col), -_HUGE, _HUGE)[:, None]
+    codes = {level: float(i) for i, level in enumerate(state.levels)}
+    text = _as_text(col)
+    out = np.fromiter((codes.get(t, np.nan) for t in text), dtype=np.float64, count=len(col))
+    out[col.isna().to_numpy()] = np.nan
+    return out[:, None]
+
+
 def _transform_column(state: ColumnState, col: pd.Series, scaling: NumericScaling) -> np.ndarray:
+    if scaling == "ordinal":
+        return _ordinal_column(state, col)
     n = len(col)
     missing = col.isna().to_numpy()
     if state.kind == "numeric":

@@ -1,48 +1,75 @@
-"""Stage 4 of ``fit``: an Optuna study over network configurations under a hard deadline.
+"""The search stage of ``fit``: one Optuna study over every family's space, under a hard deadline.
 
-Known-good configurations (the default, later the meta-model's proposals) are
-enqueued first; TPE takes over from there and a median pruner stops trials whose
-intermediate validation scores trail. Studies live in real Optuna storage so a
-fit can be inspected and resumed.
+The family is the study's first parameter and each family's parameters are named
+after it, so TPE (with ``group=True``) models the conditional space. Known-good
+candidates (the meta-model's portfolio, or each family's defaults) are enqueued
+first, cheapest first; TPE takes over from there. A trial is scored as the
+validation plan says (:func:`run_trial`), reports its running score after every
+fold, and a median pruner stops trials whose folds trail. Studies live in real
+Optuna storage so a fit can be inspected and resumed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import optuna
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from sqlalchemy.exc import OperationalError
-
-from metagen.errors import BudgetError, ConfigError, StorageError
-from metagen.config import NetConfig, suggest_config, trial_params
-from metagen.meta_model import MetaModel, initial_network, member_config
-from metagen.train import TrainResult, train_network
+from metagen.errors import BudgetError, StorageError
+from metagen.families import FAMILIES, Candidate, Family, TaskInfo
+from metagen.metrics import selection_score
+from metagen.serving import Part
+from metagen.validation import ValidationPlan
 
 log = logging.getLogger(__name__)
 
-# Trained models kept in memory for the final ensemble.
-ENSEMBLE_POOL = 8
+# Trials whose trained parts stay in memory for the final ensemble: the best overall, and per family.
+POOL_SIZE = 20
+POOL_PER_FAMILY = 5
 # Seconds a process waits for another one's lock on a shared SQLite study file.
 SQLITE_TIMEOUT = 120.0
 STORAGE_HINT = "For many processes on one study, use an RDB URL (postgresql://... or mysql://...) as --storage."
+# Errors that fail one trial (a diverging network, a degenerate fold) without ending the search.
+TRIAL_ERRORS = (RuntimeError, ValueError, ArithmeticError)
 
 
 @dataclass
 class SearchData:
-    """Training and validation rows, preprocessed once per numeric scaling."""
+    """Every training row in every view a family reads, and how trials are scored."""
 
-    X_tr: dict[str, np.ndarray]
-    y_tr: np.ndarray
-    X_va: dict[str, np.ndarray]
-    y_va: np.ndarray
-    task: str
-    n_out: int
+    views: dict[str, np.ndarray]
+    y: np.ndarray
+    """Class codes, or standardised values for regression."""
+    plan: ValidationPlan
+    info: TaskInfo
+
+    @property
+    def y_scored(self) -> np.ndarray:
+        return self.y[self.plan.score_rows]
+
+
+@dataclass
+class TrialResult:
+    """A scored configuration and what it trained."""
+
+    family: str
+    config: dict[str, Any]
+    score: float
+    predictions: np.ndarray
+    """Out-of-fold (or out-of-bag, or holdout) predictions of the plan's scored rows."""
+    parts: list[Part]
+    seconds: float
+    needs_refit: bool
+    """Trained on the fit rows of a holdout only: refit on every row before export."""
+    trial: int | None = None
 
 
 @dataclass
@@ -51,23 +78,70 @@ class Progress:
     best_score: float
     elapsed: float
     budget: float
+    family: str = ""
+    first_model_s: float | None = None
+    """Seconds into the search when the first usable model existed."""
 
 
 @dataclass
 class SearchResult:
-    best_config: NetConfig
     best_score: float
     best_trial: int
-    models: dict[int, TrainResult] = field(default_factory=dict)
-    """The best trials' trained models by trial number (those that ran in this process), for the ensemble."""
+    pool: dict[int, TrialResult] = field(default_factory=dict)
+    """The best trials' results by trial number (those that ran in this process), for the ensemble."""
+    configs: dict[int, Candidate] = field(default_factory=dict)
+    """Every complete trial's candidate by trial number."""
     leaderboard: list[dict] = field(default_factory=list)
-    configs: dict[int, NetConfig] = field(default_factory=dict)
-    """Every complete trial's configuration by trial number."""
     study_name: str = ""
     n_complete: int = 0
     n_pruned: int = 0
     interrupted: bool = False
     """Ctrl-C stopped the search; the result is the best trial finished before it."""
+    first_model_s: float | None = None
+
+
+class TrialIncomplete(Exception):
+    """The deadline came before every fold of a trial was trained."""
+
+
+def run_trial(
+    data: SearchData,
+    family: Family,
+    config: dict[str, Any],
+    *,
+    seed: int,
+    deadline: float | None = None,
+    on_fold: Callable[[int, float], None] | None = None,
+) -> TrialResult:
+    """Score one configuration as the plan says: out-of-bag, out-of-fold or on the holdout."""
+    started = time.monotonic()
+    X, y, plan, info = data.views[family.view(config)], data.y, data.plan, data.info
+    if family.out_of_bag:
+        trained = family.train(X, y, config, info, seed=seed, deadline=deadline)
+        predictions = trained.out_of_bag[plan.score_rows]
+        score = selection_score(info.task, y[plan.score_rows], predictions)
+        return TrialResult(family.name, config, _finite(score), predictions, [trained.part],
+                           time.monotonic() - started, False)
+    shape = (len(y),) if info.regression else (len(y), info.n_out)
+    oof = np.zeros(shape)
+    parts, fold_scores = [], []
+    for k, (fit_rows, valid_rows) in enumerate(plan.folds):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrialIncomplete(f"the deadline came after {k} of {len(plan.folds)} folds")
+        trained = family.train(X[fit_rows], y[fit_rows], config, info, seed=seed + 1000 * k, deadline=deadline)
+        oof[valid_rows] = trained.part.predict(X[valid_rows])
+        parts.append(trained.part)
+        fold_scores.append(_finite(selection_score(info.task, y[valid_rows], oof[valid_rows])))
+        if on_fold is not None and len(plan.folds) > 1:
+            on_fold(k, float(np.mean(fold_scores)))
+    predictions = oof[plan.score_rows]
+    score = selection_score(info.task, y[plan.score_rows], predictions)
+    return TrialResult(family.name, config, _finite(score), predictions, parts, time.monotonic() - started,
+                       plan.refit)
+
+
+def _finite(score: float) -> float:
+    return float(score) if np.isfinite(score) else -np.inf
 
 
 @contextmanager
@@ -82,7 +156,9 @@ def quiet_optuna() -> Iterator[None]:
 
 
 def _sampler(seed: int) -> optuna.samplers.TPESampler:
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # ``group``, stable in practice
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
 
 
 def open_study(storage: str | None, study_name: str, seed: int, resume: bool) -> optuna.Study:
@@ -91,12 +167,11 @@ def open_study(storage: str | None, study_name: str, seed: int, resume: bool) ->
     SQLite waits up to ``SQLITE_TIMEOUT`` seconds for a lock, so several fits can share one
     file; a resumed study's sampler is seeded past the trials it has, so it does not draw them again.
     """
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=50)
+    # Steps are folds: a trial whose running mean over its first two folds trails the median stops.
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     try:
         if storage is not None and storage.startswith("sqlite"):
-            storage = optuna.storages.RDBStorage(
-                storage, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}}
-            )
+            storage = _sqlite_storage(storage)
         study = optuna.create_study(
             storage=storage, study_name=study_name, direction="maximize", sampler=_sampler(seed),
             pruner=pruner, load_if_exists=resume,
@@ -108,82 +183,83 @@ def open_study(storage: str | None, study_name: str, seed: int, resume: bool) ->
     return study
 
 
-def train_config(
-    data: SearchData,
-    config: NetConfig,
-    *,
-    seed: int,
-    meta: MetaModel | None = None,
-    deadline: float | None = None,
-    on_eval: Callable[[int, float], None] | None = None,
-) -> TrainResult:
-    """One trial's training: from a meta-model member's learned start, or from a random one."""
-    init = None
-    if config.init != "random":
-        if meta is None or config.init not in meta.members:
-            raise ConfigError(f"Configuration starts from meta-model member {config.init!r}, which is not loaded.",
-                              "Fit with the meta-model that made the study, or start a new study.")
-        arch = meta.members[config.init][0]
-        init = initial_network(meta, config.init, data.X_tr[config.scaling], data.y_tr, data.task, data.n_out,
-                               config, steps=arch.inner_steps, seed=seed)
-    return train_network(
-        data.X_tr[config.scaling], data.y_tr, data.X_va[config.scaling], data.y_va, data.task, data.n_out,
-        config, seed=seed, deadline=deadline, on_eval=on_eval, init=init,
-    )
+def _sqlite_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Two processes that create the schema of a new SQLite file at once collide once; the second then finds it."""
+    def open_storage() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}})
+
+    for attempt in range(attempts - 1):
+        try:
+            return open_storage()
+        except IntegrityError:
+            time.sleep(0.2 * (attempt + 1))
+    return open_storage()
+
+
+def _keep_best(pool: dict[int, TrialResult]) -> None:
+    """Keep memory flat: the best ``POOL_SIZE`` trials, and the best few of every family beside them."""
+    order = sorted(pool, key=lambda n: -pool[n].score)
+    keep = set(order[:POOL_SIZE])
+    for family in {r.family for r in pool.values()}:
+        keep |= set([n for n in order if pool[n].family == family][:POOL_PER_FAMILY])
+    for n in list(pool):
+        if n not in keep:
+            del pool[n]
 
 
 def run_search(
     data: SearchData,
     study: optuna.Study,
+    families: tuple[str, ...],
     *,
     time_budget: float,
     n_trials: int | None = None,
     seed: int = 0,
-    enqueue: list[NetConfig] = (),
+    enqueue: list[Candidate] = (),
     max_steps: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
-    meta: MetaModel | None = None,
 ) -> SearchResult:
     """Run trials until the deadline, or exactly ``n_trials`` (then the clock does not cut them).
-
-    With a meta-model, the enqueued member configurations adapt that member's learned
-    start; every other trial searches the random-start space, so the learned starts cost
-    a few trials and the search keeps its full reach.
 
     Ctrl-C ends the search early; the result then comes from the trials finished before it.
     """
     start = time.monotonic()
     deadline = None if n_trials is not None else start + time_budget
-    models: dict[int, TrainResult] = {}
+    impl = {name: (FAMILIES[name](max_steps) if name == "mlp" else FAMILIES[name]()) for name in families}
+    pool: dict[int, TrialResult] = {}
     interrupted = False
-    members = {name: member_config(arch) for name, (arch, _) in meta.members.items()} if meta else {}
+    first_model_s: float | None = None
     done = [t for t in study.trials if t.state.is_finished()]
+    remaining = None if n_trials is None else max(0, n_trials - len(done))
     if not done:
-        for config in enqueue:
-            if config.init == "random" or config.init in members:
-                study.enqueue_trial(trial_params(config, max_steps), user_attrs={"start": config.init},
-                                    skip_if_exists=True)
-
-    def run_trial(trial: optuna.Trial) -> float:
-        config = suggest_config(trial, max_steps, members.get(trial.user_attrs.get("start", "random")))
-        trial.set_user_attr("config", config.to_json())
-
-        def report(step: int, score: float) -> None:
-            trial.report(score, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        result = train_config(data, config, seed=seed + trial.number, meta=meta, deadline=deadline, on_eval=report)
-        trial.set_user_attr("best_step", result.best_step)
-        models[trial.number] = result
-        if len(models) > ENSEMBLE_POOL:  # keep memory flat: only the best few models stay
-            del models[min(models, key=lambda n: models[n].score)]
-        return result.score
+        for cand in [c for c in enqueue if c.family in impl][:remaining]:
+            study.enqueue_trial(impl[cand.family].trial_params(cand.config),
+                                user_attrs={"start": cand.config.get("init", "random")}, skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
-        nonlocal interrupted
+        nonlocal interrupted, first_model_s
         try:
-            return run_trial(trial)
+            family = impl[trial.suggest_categorical("family", list(families))]
+            config = family.suggest(trial, data.info)
+            trial.set_user_attr("family", family.name)
+            trial.set_user_attr("config", config)
+
+            def report(fold: int, score: float) -> None:
+                trial.report(score, fold)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+            try:
+                result = run_trial(data, family, config, seed=seed + trial.number, deadline=deadline, on_fold=report)
+            except TrialIncomplete as exc:
+                raise optuna.TrialPruned(str(exc)) from None
+            result.trial = trial.number
+            trial.set_user_attr("seconds", round(result.seconds, 3))
+            pool[trial.number] = result
+            _keep_best(pool)
+            if first_model_s is None and np.isfinite(result.score):
+                first_model_s = time.monotonic() - start
+            return result.score
         except KeyboardInterrupt:  # end the study quietly; Optuna would log a FAIL with a traceback
             interrupted = True
             trial.set_user_attr("interrupted", True)
@@ -194,34 +270,32 @@ def run_search(
         if on_progress is not None:
             finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             best_score = max((t.value for t in finished), default=float("nan"))
-            on_progress(Progress(len(study.trials), best_score, time.monotonic() - start, time_budget))
+            on_progress(Progress(len(study.trials), best_score, time.monotonic() - start, time_budget,
+                                 trial.user_attrs.get("family", ""), first_model_s))
 
-    remaining = None if n_trials is None else max(0, n_trials - len(done))
     if remaining != 0:
         try:
             study.optimize(
                 objective, n_trials=remaining, timeout=None if n_trials is not None else time_budget,
-                callbacks=[callback], catch=(RuntimeError,),
+                callbacks=[callback], catch=TRIAL_ERRORS,
             )
         except KeyboardInterrupt:
             interrupted = True
         except OperationalError as exc:
             raise StorageError(f"The study storage failed: {exc.orig}.", STORAGE_HINT) from exc
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and np.isfinite(t.value)]
     if not complete:
         if interrupted:
             raise KeyboardInterrupt
-        raise BudgetError(
-            "No trial finished within the time budget.", "Give a larger --time-budget (seconds)."
-        )
+        raise BudgetError("No trial finished within the time budget.", "Give a larger --time-budget (seconds).")
     top = max(complete, key=lambda t: t.value)
-    config = NetConfig.from_json(top.user_attrs["config"])
+    configs = {t.number: Candidate(t.user_attrs["family"], t.user_attrs["config"]) for t in complete}
     leaderboard = [
-        {"trial": t.number, "score": t.value, "seconds": (t.duration.total_seconds() if t.duration else None),
-         **t.user_attrs["config"]}
+        {"trial": t.number, "family": t.user_attrs["family"], "score": t.value,
+         "seconds": t.user_attrs.get("seconds"),
+         "params": FAMILIES[t.user_attrs["family"]]().summary(t.user_attrs["config"]), "config": t.user_attrs["config"]}
         for t in sorted(complete, key=lambda t: -t.value)
     ]
     n_pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    configs = {t.number: NetConfig.from_json(t.user_attrs["config"]) for t in complete}
-    return SearchResult(config, float(top.value), top.number, models, leaderboard, configs, study.study_name,
-                        len(complete), n_pruned, interrupted)
+    return SearchResult(float(top.value), top.number, pool, configs, leaderboard, study.study_name, len(complete),
+                        n_pruned, interrupted, first_model_s)

@@ -173,7 +173,7 @@ def test_a_million_rows_in_bounded_memory_and_time(tmp_path):
     print(f"1M rows: peak RSS {peak_mb:.0f} MB")
     assert peak_mb < MILLION_ROWS_MAX_RSS_MB
     provenance = load(tmp_path / "big.metagen").fitted.provenance
-    assert provenance["n_valid_rows"] == provenance["n_test_rows"] == 10_000  # holdout rows are capped
+    assert provenance["validation"] == "holdout" and provenance["n_scored_rows"] == 10_000  # holdout rows are capped
 
 
 # --- predict time -------------------------------------------------------------------------------

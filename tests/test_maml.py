@@ -120,21 +120,21 @@ def test_meta_model_file_and_learned_start(tasks, tmp_path):
 
 
 @pytest.mark.parametrize("arch", [ARCH, replace(ARCH, front="pca", film=True)], ids=["generated", "pca+film"])
-def test_fit_starts_trials_from_the_learned_init(arch, tmp_path, monkeypatch):
-    import metagen.fit as fit_module
+def test_fit_starts_trials_from_the_learned_init(arch, tmp_path):
     from metagen import FitOptions, fit_table, make_table
 
     theta = {k: v.detach() for k, v in init_params(arch).items()}
-    monkeypatch.setattr(fit_module, "shipped_meta_model", lambda: MetaModel({arch.name: (arch, theta)}))
+    meta = MetaModel({arch.name: (arch, theta)})
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(120, 3)), columns=list("abc"))
     frame["target"] = (frame["a"] > 0).astype(int)
-    fitted = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=30))
-    starts = [row["init"] for row in fitted.leaderboard]
+    fitted = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=30, families=("mlp",)), meta=meta)
+    starts = [row["config"]["init"] for row in fitted.leaderboard]
     assert arch.name in starts and "random" in starts
-    assert fitted.predict_raw(fitted.preprocessor.transform(frame[list("abc")])).shape == (120, 2)
-    no_meta = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=30, use_meta=False))
-    assert {row["init"] for row in no_meta.leaderboard} == {"random"}
+    assert fitted.predict_raw(frame[list("abc")]).shape == (120, 2)
+    no_meta = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=30, families=("mlp",), use_meta=False),
+                        meta=meta)
+    assert {row["config"]["init"] for row in no_meta.leaderboard} == {"random"}
 
 
 VARIANTS = [replace(ARCH, front="pca"), replace(ARCH, front="random"), replace(ARCH, film=True)]

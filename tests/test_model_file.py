@@ -22,7 +22,7 @@ def saved(tmp_path_factory):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
     frame["target"] = (frame["a"] + frame["b"] > 0).astype(int)
-    fitted = fit_table(make_table(frame), FitOptions(time_budget=20, n_trials=1, max_steps=30))
+    fitted = fit_table(make_table(frame), FitOptions(time_budget=20, n_trials=1, max_steps=30, families=("mlp",)))
     path = tmp_path_factory.mktemp("m") / "model.metagen"
     save_model(fitted, path)
     return path, frame.drop(columns="target")
@@ -75,10 +75,10 @@ def test_bad_files_get_clear_errors(saved, tmp_path, case, capsys):
         match = "version 99"
     elif case == "shape":
         def widen(s):
-            s["members"][0]["config"]["width"] *= 2
+            s["members"][0]["parts"][0]["meta"]["config"]["width"] *= 2
             return s
         _rewrite(path, bad, spec=widen)
-        match = "shapes do not match"
+        match = "do not match"
     elif case == "weights_shape":  # other tensors under a valid checksum
         with zipfile.ZipFile(path) as zf:
             state = load_safetensors(zf.read(WEIGHTS))
