@@ -73,6 +73,7 @@ def fit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
     no_meta: bool = typer.Option(False, "--no-meta", help="Search from each family's defaults and random starts only (the reference search)."),
     families: str = typer.Option("mlp,gbdt,forest,linear", "--families", "-f", help="Model families to search, comma-separated."),
+    infer_limit: Optional[float] = typer.Option(None, "--infer-limit", help="Most seconds per row the model may take to predict (e.g. 1e-5); the ensemble keeps within it."),
     test_size: float = typer.Option(0.0, "--test-size", help="Share of rows held back for the reported score; the members are then refit on every row. 0: report the out-of-fold score."),
 ) -> None:
     """Search model families for a table and write the best ensemble as a model file."""
@@ -93,7 +94,7 @@ def fit(
             time_budget=max(1.0, time_budget - (time.monotonic() - started)), n_trials=n_trials,
             seed=seed, storage=storage,
             study_name=_study_name(output, storage, resume), resume=resume, max_steps=max_steps,
-            use_meta=not no_meta, families=parse_families(families), test_size=test_size,
+            use_meta=not no_meta, families=parse_families(families), test_size=test_size, infer_limit=infer_limit,
         )
         with Progress(
             TextColumn("[bold]search[/]"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),

@@ -33,6 +33,7 @@ class _MetaGenBase(BaseEstimator):
         "random_state": ["random_state"],
         "use_meta": ["boolean"],
         "families": [str, list, tuple, None],
+        "infer_limit": [Interval(Real, 0, None, closed="neither"), None],
     }
     _task: str | None = None
 
@@ -45,6 +46,7 @@ class _MetaGenBase(BaseEstimator):
         random_state: int | None = None,
         use_meta: bool = True,
         families: str | list[str] | tuple[str, ...] | None = None,
+        infer_limit: float | None = None,
     ) -> None:
         self.time_budget = time_budget
         self.n_trials = n_trials
@@ -52,6 +54,7 @@ class _MetaGenBase(BaseEstimator):
         self.random_state = random_state
         self.use_meta = use_meta
         self.families = families
+        self.infer_limit = infer_limit
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -77,7 +80,7 @@ class _MetaGenBase(BaseEstimator):
         options = FitOptions(
             time_budget=float(self.time_budget), n_trials=self.n_trials, seed=seed,
             test_size=0.0, max_steps=self.max_steps, use_meta=self.use_meta,
-            families=parse_families(self.families),
+            families=parse_families(self.families), infer_limit=self.infer_limit,
         )
         fitted = fit_table(table, options)
         self.model_ = Predictor(fitted)

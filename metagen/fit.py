@@ -35,6 +35,8 @@ REFIT_SEARCH_SHARE = 0.7
 VIEWS = ("quantile", "robust", "ordinal")
 # Defaults are tried cheapest family first, so a usable model exists within seconds.
 CHEAP_FIRST = ("linear", "gbdt", "forest", "mlp")
+# Rows per timed batch when members are measured against ``infer_limit``.
+INFER_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,18 @@ class FitOptions:
     """Model families to search (``mlp``, ``gbdt``, ``forest``, ``linear``); None: all of them."""
     kfold_max_rows: int = KFOLD_MAX_ROWS
     """Tables up to this many training rows are scored out-of-fold; larger ones on a holdout."""
+    infer_limit: float | None = None
+    """Seconds per row the final model may take to predict (rows in batches of ``INFER_BATCH``, preprocessing
+    included); the ensemble is chosen among members that keep within it. None: no limit."""
 
     def __post_init__(self) -> None:
         if not self.time_budget > 0:
             raise ConfigError(f"time_budget must be positive, got {self.time_budget}.", "Pass seconds, e.g. 60.")
         if self.n_trials is not None and self.n_trials < 1:
             raise ConfigError(f"n_trials must be at least 1, got {self.n_trials}.")
+        if self.infer_limit is not None and not self.infer_limit > 0:
+            raise ConfigError(f"infer_limit must be positive seconds per row, got {self.infer_limit}.",
+                              "Pass e.g. 1e-5 (100,000 rows per second), or leave it out.")
         if not 0 <= self.test_size < 0.9:
             raise ConfigError(f"test_size must be a fraction in [0, 0.9), got {self.test_size}.")
         object.__setattr__(self, "families", parse_families(self.families))
@@ -142,6 +150,25 @@ def _refit(result: TrialResult, data: SearchData, X_rows: dict[str, np.ndarray],
     return True
 
 
+def _seconds_per_row(run: Callable[[], object], rows: int) -> float:
+    started = time.perf_counter()
+    run()
+    return (time.perf_counter() - started) / rows
+
+
+def _predict_costs(results: list[TrialResult], data: SearchData, table: Table,
+                   views: dict[str, Preprocessor]) -> tuple[list[float], float]:
+    """Seconds per row of each result's parts on a batch of rows, and of preprocessing into every view."""
+    rows = np.arange(min(INFER_BATCH, len(data.y)))
+    batch = table.X.iloc[rows]
+    fixed = sum(_seconds_per_row(lambda v=view: v.transform(batch), len(rows)) for view in views.values())
+    costs = []
+    for r in results:
+        X = data.views[FAMILIES[r.family]().view(r.config)][rows]
+        costs.append(_seconds_per_row(lambda: [part.predict(X) for part in r.parts], len(rows)))
+    return costs, fixed
+
+
 def fit_table(
     table: Table,
     options: FitOptions = FitOptions(),
@@ -178,7 +205,11 @@ def fit_table(
                                             seed=options.seed + result.best_trial)
         pool[result.best_trial].trial = result.best_trial
     order = sorted(pool, key=lambda n: (n != result.best_trial, -pool[n].score))
-    chosen = select_ensemble([pool[n].predictions for n in order], data.y_scored, task)
+    costs, limit = None, None
+    if options.infer_limit is not None:
+        costs, fixed = _predict_costs([pool[n] for n in order], data, table, prepared.views)
+        limit = options.infer_limit - fixed
+    chosen = select_ensemble([pool[n].predictions for n in order], data.y_scored, task, costs=costs, limit=limit)
     chosen.sort(key=lambda jw: (jw[0] != 0, -jw[1]))
     members = [(pool[order[j]], w) for j, w in chosen]
     blend = sum(w * r.predictions for r, w in members)
@@ -236,6 +267,7 @@ def fit_table(
         "n_trials_pruned": result.n_pruned,
         "first_model_s": None if result.first_model_s is None else round(result.first_model_s, 2),
         "ensemble_size": len(fitted.members),
+        "infer_limit": options.infer_limit,
         "interrupted": result.interrupted,
         "metric": metric_name(task),
         "fit_seconds": round(time.monotonic() - start, 2),

@@ -153,6 +153,22 @@ def test_a_fit_over_every_family_keeps_each_familys_trials_and_blends_the_best()
     assert abs(sum(weights.values()) - 1) < 1e-6
 
 
+def test_infer_limit_keeps_the_ensemble_within_the_predict_time_per_row():
+    frame = _frame(300, "binary")
+    options = dict(n_trials=6, seed=0, use_meta=False, families=("linear", "forest"))
+    free = fit_table(make_table(frame, target="y"), FitOptions(**options))
+    tight = fit_table(make_table(frame, target="y"), FitOptions(**options, infer_limit=1e-9))
+    assert len(tight.members) == 1 and tight.provenance["infer_limit"] == 1e-9
+    assert free.provenance["infer_limit"] is None
+    with pytest.raises(ValueError, match="infer_limit"):
+        FitOptions(infer_limit=0)
+    limited = [(0, 1.0)]
+    costs = [1e-3, 1e-6, 1e-6]
+    preds = [np.eye(2)[np.arange(10) % 2] * 0.9 + 0.05, np.full((10, 2), 0.5), np.full((10, 2), 0.5)]
+    assert select_ensemble(preds, np.arange(10) % 2, "binary", costs=costs, limit=1e-4) in ([(1, 1.0)], [(2, 1.0)])
+    assert select_ensemble(preds, np.arange(10) % 2, "binary", costs=costs, limit=1.0) == limited
+
+
 def test_loading_and_predicting_needs_no_optuna_and_no_training_code(tmp_path):
     frame = _frame(200, "multiclass")
     fitted = fit_table(make_table(frame, target="y"), FitOptions(n_trials=4, seed=0, use_meta=False, max_steps=30))

@@ -48,6 +48,9 @@ def _here(function: str) -> str:
 METHODS = [
     Method("metagen", _here("metagen"), budgeted=True),
     Method("metagen-nometa", _here("metagen_nometa"), budgeted=True),
+    Method("metagen-mlp", _here("metagen_mlp"), budgeted=True),
+    *(Method(f"metagen-no-{family}", _here(f"metagen_no_{family}"), budgeted=True)
+      for family in ("gbdt", "forest", "linear", "mlp")),
     Method("lightgbm", _here("lightgbm"), needs=("lightgbm",)),
     Method("hgb", _here("hgb")),
     Method("random-forest", _here("random_forest")),
@@ -194,17 +197,46 @@ def _last_line(text: str) -> str:
 # --- methods: each returns an unfitted estimator with fit / predict(_proba) / classes_ ----------
 
 
-def metagen(task: str, budget: float, seed: int, threads: int, use_meta: bool = True):  # noqa: ANN201
-    """The estimator as users get it: the shipped meta-model's start (when the build has one), then the search."""
+def metagen(task: str, budget: float, seed: int, threads: int, use_meta: bool = True,  # noqa: ANN201
+            families: tuple[str, ...] | None = None):
+    """The estimator as users get it: the shipped meta-model's portfolio and starts, then the search."""
     from metagen.estimator import MetaGenClassifier, MetaGenRegressor
 
     cls = MetaGenRegressor if task == "regression" else MetaGenClassifier
-    return cls(time_budget=budget, random_state=seed, use_meta=use_meta)
+    return cls(time_budget=budget, random_state=seed, use_meta=use_meta, families=families)
 
 
 def metagen_nometa(task: str, budget: float, seed: int, threads: int):  # noqa: ANN201
-    """The search from random starts only: what the meta-model has to beat."""
+    """The search from each family's defaults and random starts only: what the meta-model has to beat."""
     return metagen(task, budget, seed, threads, use_meta=False)
+
+
+def metagen_mlp(task: str, budget: float, seed: int, threads: int):  # noqa: ANN201
+    """The network-only generator, so that its meta-learning stays measurable alone."""
+    return metagen(task, budget, seed, threads, families=("mlp",))
+
+
+def _without(family: str) -> tuple[str, ...]:
+    from metagen.families import ALL
+
+    return tuple(f for f in ALL if f != family)
+
+
+def metagen_no_gbdt(task: str, budget: float, seed: int, threads: int):  # noqa: ANN201
+    """Leave-one-family-out rows: what each family adds to the ensemble."""
+    return metagen(task, budget, seed, threads, families=_without("gbdt"))
+
+
+def metagen_no_forest(task: str, budget: float, seed: int, threads: int):  # noqa: ANN201
+    return metagen(task, budget, seed, threads, families=_without("forest"))
+
+
+def metagen_no_linear(task: str, budget: float, seed: int, threads: int):  # noqa: ANN201
+    return metagen(task, budget, seed, threads, families=_without("linear"))
+
+
+def metagen_no_mlp(task: str, budget: float, seed: int, threads: int):  # noqa: ANN201
+    return metagen(task, budget, seed, threads, families=_without("mlp"))
 
 
 def lightgbm(task: str, budget: None, seed: int, threads: int):  # noqa: ANN201
