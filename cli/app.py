@@ -17,6 +17,7 @@ import typer
 from metagen_cli._common import INTERRUPTED, err, out, user_errors
 from metagen_cli.bench import bench_app
 from metagen_cli.corpus import corpus_app
+from metagen_cli.export import export_command
 from metagen_cli.meta_train import meta_portfolio_command, meta_train_command
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
@@ -74,6 +75,7 @@ def fit(
     no_meta: bool = typer.Option(False, "--no-meta", help="Search from each family's defaults and random starts only (the reference search)."),
     families: str = typer.Option("mlp,gbdt,forest,linear", "--families", "-f", help="Model families to search, comma-separated."),
     infer_limit: Optional[float] = typer.Option(None, "--infer-limit", help="Most seconds per row the model may take to predict (e.g. 1e-5); the ensemble keeps within it."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Also write the ensemble as an ONNX model (its inputs are the preprocessed views)."),
     test_size: float = typer.Option(0.0, "--test-size", help="Share of rows held back for the reported score; the members are then refit on every row. 0: report the out-of-fold score."),
 ) -> None:
     """Search model families for a table and write the best ensemble as a model file."""
@@ -110,13 +112,17 @@ def fit(
 
             fitted = fit_table(table, options, on_progress)
         save_model(fitted, output)
+        if onnx is not None:
+            from metagen.onnx_export import export_onnx
+
+            export_onnx(fitted, onnx)
     _leaderboard(fitted.leaderboard, table.metric)
     metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in fitted.metrics.items())
     out.print(f"score on {fitted.provenance['score_source']}: {metrics}")
     out.print(f"wrote [bold]{output}[/] in {fitted.provenance['fit_seconds']:.1f}s "
               f"({fitted.provenance['n_trials_complete']} trials, {fitted.provenance['n_trials_pruned']} pruned, "
               f"ensemble of {len(fitted.members)}; "
-              f"study '{options.study_name}' in {storage})")
+              f"study '{options.study_name}' in {storage})" + (f"; ONNX in {onnx}" if onnx else ""))
     if fitted.provenance["interrupted"]:
         err.print(f"interrupted: wrote best model so far ({fitted.provenance['n_trials_complete']} trials)")
         raise typer.Exit(INTERRUPTED)
@@ -249,6 +255,7 @@ def evaluate(
         out.print("  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
 
 
+app.command("export")(export_command)
 app.add_typer(corpus_app, name="corpus")
 app.command("meta-train")(meta_train_command)
 app.command("meta-portfolio")(meta_portfolio_command)

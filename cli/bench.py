@@ -77,3 +77,33 @@ def peers(
 bench_app.command("maml")(bench_maml)
 bench_app.command("adapt")(bench_adapt)
 bench_app.command("ablate")(bench_ablate)
+
+
+@bench_app.command()
+def predict(
+    rows: int = typer.Option(100_000, "--rows", help="Rows of the synthetic table; every path predicts all of them at once."),
+    columns: int = typer.Option(10, "--columns", help="Feature columns: this many minus one numeric, plus one categorical."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed runs per path (median reported), after one untimed run."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the table and every model."),
+    threads: int = typer.Option(1, "--threads", help="Threads for scikit-learn, BLAS and torch while fitting and predicting."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the records as JSON here."),
+) -> None:
+    """Predict throughput (rows/s): scikit-learn's trees against their exported node arrays, and whole ensembles."""
+    from metagen.bench.harness import plain_table, write_json
+    from metagen.bench.predict import predict_throughput
+
+    if rows < 10 or columns < 2 or repeats < 1 or threads < 1:
+        raise typer.BadParameter("--rows must be at least 10, --columns 2, --repeats and --threads 1.")
+    with user_errors():
+        records = predict_throughput(rows, columns, seed, repeats, threads)
+    shown = [{
+        "model": r["model"], "path": r["path"], "rows/s": int(round(r["rows_per_s"])),
+        "ratio to scikit-learn": r["ratio"],
+        "max abs diff": "-" if r["max_abs_diff"] != r["max_abs_diff"] else f"{r['max_abs_diff']:.1e}",
+        "detail": r["detail"],
+    } for r in records]
+    out.print(plain_table(shown, f"predict throughput: {rows} rows x {columns} columns, batch = all rows, "
+                                 f"median of {repeats}, {threads} thread(s)"))
+    if json_path is not None:
+        write_json(json_path, {"rows": rows, "columns": columns, "repeats": repeats, "seed": seed,
+                               "threads": threads, "records": records})

@@ -27,7 +27,7 @@ def metagen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_fit_predict_info_evaluate(tmp_path, examples, name, target, task, metric):
     data = examples / f"{name}.csv"
     model = tmp_path / "m.metagen"
-    args = ["fit", data, "-o", model, *FAST] + (["--target", target] if target else [])
+    args = ["fit", data, "-o", model, "--onnx", tmp_path / "m.onnx", *FAST] + (["--target", target] if target else [])
     run = metagen(*args, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert f": {task}" in run.stdout and f"metric {metric}" in run.stdout
@@ -54,6 +54,9 @@ def test_fit_predict_info_evaluate(tmp_path, examples, name, target, task, metri
     assert abs(sum(m["weight"] for m in spec["members"]) - 1) < 1e-9
     assert metric in spec["metrics"] and spec["versions"]["torch"]
     assert metagen("info", model).returncode == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    exported = metagen("export", model, "--onnx", tmp_path / "again.onnx")
+    assert exported.returncode == 0 and "wrote" in exported.stdout and (tmp_path / "again.onnx").exists()
 
     ev = metagen("evaluate", model, data, "--json")
     assert ev.returncode == 0, ev.stderr
@@ -90,5 +93,5 @@ def test_user_errors_are_one_line_with_exit_code_1(tmp_path, examples):
 def test_help_lists_the_commands():
     run = metagen("--help")
     assert run.returncode == 0
-    for command in ("fit", "predict", "info", "evaluate"):
+    for command in ("fit", "predict", "info", "evaluate", "export"):
         assert command in run.stdout
