@@ -54,30 +54,42 @@ class TreePart:
     regression: bool
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
-        """The leaf each row reaches in each tree: int32 (rows, trees)."""
+        """The leaf each row reaches in each tree: int32 (rows, trees).
+
+        Each level moves only the (row, tree) pairs still at an inner node, so the work
+        follows the paths' real lengths, not the deepest tree's.
+        """
         X = np.ascontiguousarray(X, dtype=np.float32)
-        idx = np.repeat(self.roots[None, :], len(X), axis=0)
-        rows = np.arange(len(X))[:, None]
+        n_rows, n_trees = len(X), len(self.roots)
+        node = np.tile(self.roots, n_rows)
+        row_start = np.repeat(np.arange(n_rows, dtype=np.int64) * X.shape[1], n_trees)
+        flat = X.reshape(-1)
+        active = np.flatnonzero(self.left[node] != node)
         categorical = bool((self.category_set >= 0).any())
         for _ in range(self.depth):
-            f = self.feature[idx]
-            x = X[rows, f]
+            if not len(active):
+                break
+            at = node[active]
+            f = self.feature[at]
+            x = flat[row_start[active] + f]
             missing = np.isnan(x)
-            go_left = x <= self.threshold[idx]
+            go_left = x <= self.threshold[at]
             if categorical:
-                sets = self.category_set[idx]
-                at = np.nonzero(sets >= 0)
-                code_f = x[at]
+                sets = self.category_set[at]
+                cat = np.flatnonzero(sets >= 0)
+                code_f = x[cat]
                 valid = (code_f >= 0) & (code_f < 256)  # NaN compares False
                 code = np.where(valid, code_f, 0).astype(np.int64)
                 word, bit = code >> 5, (code & 31).astype(np.uint32)
-                in_left = (self.bitsets[sets[at], word] >> bit) & 1
-                seen = (self.known[f[at], word] >> bit) & 1
-                missing[at] = ~(valid & seen.astype(bool))
-                go_left[at] = in_left.astype(bool)
-            go_left = np.where(missing, self.missing_left[idx], go_left)
-            idx = np.where(go_left, self.left[idx], self.right[idx])
-        return idx
+                in_left = (self.bitsets[sets[cat], word] >> bit) & 1
+                seen = (self.known[f[cat], word] >> bit) & 1
+                missing[cat] = ~(valid & seen.astype(bool))
+                go_left[cat] = in_left.astype(bool)
+            go_left = np.where(missing, self.missing_left[at], go_left)
+            nxt = np.where(go_left, self.left[at], self.right[at])
+            node[active] = nxt
+            active = active[self.left[nxt] != nxt]
+        return node.reshape(n_rows, n_trees)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         n_out = self.value.shape[1]
