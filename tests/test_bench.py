@@ -99,6 +99,8 @@ def test_resume_skips_finished_runs(suite: Path, tmp_path: Path) -> None:
     records = run_benchmark(BenchConfig(str(suite)), FAST, [5.0], [0], path, lambda r, i, n: ran.append(r.method))
     assert ran == ["linear", "linear"]
     assert path.read_text().startswith(first) and len(read_records(path)) == len(records) == 4
+    only = run_benchmark(BenchConfig(str(suite)), FAST[1:], [5.0], [0], path)  # nothing to run: a summary of these
+    assert {r.method for r in only} == {"linear"} and len(only) == 2 and len(read_records(path)) == 4
 
 
 def test_suites_resolve_folders_splits_and_builtins(suite: Path) -> None:

@@ -130,20 +130,25 @@ def run_benchmark(
     csv_path: Path,
     on_record: Callable[[RunRecord, int, int], None] | None = None,
 ) -> list[RunRecord]:
-    """Run what ``csv_path`` does not hold yet, one process at a time; return every record."""
+    """Run what ``csv_path`` does not hold yet, one process at a time; return the records of these runs.
+
+    Records of other methods or budgets in the same file stay there but are not returned, so a
+    summary compares exactly the methods asked for.
+    """
     budgets = sorted(budgets)
     _thread_env(config.threads)
     datasets = [(ref.name, load_table(ref).task) for ref in suite_tables(config.suite, config.split)]
     done = {r.key for r in read_records(csv_path)}
-    todo = [r for r in plan(datasets, methods, budgets, seeds)
-            if run_key(r.dataset, r.label, r.budget, r.seed) not in done]
+    planned = plan(datasets, methods, budgets, seeds)
+    keys = {run_key(r.dataset, r.label, r.budget, r.seed) for r in planned}
+    todo = [r for r in planned if run_key(r.dataset, r.label, r.budget, r.seed) not in done]
     for i, run in enumerate(todo, 1):
         budget = run.budget if run.budget is not None else budgets[-1]
         record = run_once(run, config, budget * 3 + config.timeout_slack_s)  # room for refits, not for a hang
         append_record(csv_path, record)
         if on_record is not None:
             on_record(record, i, len(todo))
-    return read_records(csv_path)
+    return [r for r in read_records(csv_path) if r.key in keys]
 
 
 _FORKS = multiprocessing.get_context("forkserver")
