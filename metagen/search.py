@@ -70,6 +70,8 @@ class TrialResult:
     needs_refit: bool
     """Trained on the fit rows of a holdout only: refit on every row before export."""
     trial: int | None = None
+    details: dict = field(default_factory=dict)
+    """What training reached (boosting rounds, trees, steps) and whether the deadline cut it."""
 
 
 @dataclass
@@ -121,23 +123,25 @@ def run_trial(
         predictions = trained.out_of_bag[plan.score_rows]
         score = selection_score(info.task, y[plan.score_rows], predictions)
         return TrialResult(family.name, config, _finite(score), predictions, [trained.part],
-                           time.monotonic() - started, False)
+                           time.monotonic() - started, False,
+                           details={**trained.info, "cut_by_deadline": trained.hit_deadline})
     shape = (len(y),) if info.regression else (len(y), info.n_out)
     oof = np.zeros(shape)
-    parts, fold_scores = [], []
+    parts, fold_scores, cut = [], [], False
     for k, (fit_rows, valid_rows) in enumerate(plan.folds):
         if deadline is not None and time.monotonic() > deadline:
             raise TrialIncomplete(f"the deadline came after {k} of {len(plan.folds)} folds")
         trained = family.train(X[fit_rows], y[fit_rows], config, info, seed=seed + 1000 * k, deadline=deadline)
         oof[valid_rows] = trained.part.predict(X[valid_rows])
         parts.append(trained.part)
+        cut |= trained.hit_deadline
         fold_scores.append(_finite(selection_score(info.task, y[valid_rows], oof[valid_rows])))
         if on_fold is not None and len(plan.folds) > 1:
             on_fold(k, float(np.mean(fold_scores)))
     predictions = oof[plan.score_rows]
     score = selection_score(info.task, y[plan.score_rows], predictions)
     return TrialResult(family.name, config, _finite(score), predictions, parts, time.monotonic() - started,
-                       plan.refit)
+                       plan.refit, details={**trained.info, "cut_by_deadline": cut})
 
 
 def _finite(score: float) -> float:
@@ -255,6 +259,7 @@ def run_search(
                 raise optuna.TrialPruned(str(exc)) from None
             result.trial = trial.number
             trial.set_user_attr("seconds", round(result.seconds, 3))
+            trial.set_user_attr("trained", result.details)
             pool[trial.number] = result
             _keep_best(pool)
             if first_model_s is None and np.isfinite(result.score):

@@ -100,6 +100,19 @@ def test_small_tables_are_scored_out_of_fold_and_members_average_their_fold_mode
     assert all(len(m.parts) == provenance["n_folds"] == 5 for m in fitted.members)
 
 
+def test_trials_record_what_training_reached_in_the_study(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    fit_table(make_table(_frame(200, "binary"), target="y"),
+              FitOptions(n_trials=3, seed=0, use_meta=False, families=("gbdt", "forest"), storage=storage,
+                         study_name="s"))
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    trained = {t.user_attrs["family"]: t.user_attrs["trained"] for t in trials}
+    assert trained["gbdt"]["n_iter"] >= 1 and trained["forest"]["n_estimators"] >= 1
+    assert all(t["cut_by_deadline"] is False for t in trained.values())
+
+
 def test_out_of_fold_rows_cover_every_row_once_and_folds_never_score_their_own_rows():
     y = np.repeat([0, 1, 2], [50, 30, 3])
     plan = make_plan(y, "multiclass", seed=0)

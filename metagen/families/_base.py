@@ -67,6 +67,7 @@ class Trained:
     out_of_bag: np.ndarray | None = None
     hit_deadline: bool = False
     info: dict = field(default_factory=dict)
+    """What training reached (boosting rounds, trees, steps), kept as a trial attribute of the study."""
 
 
 class Family(ABC):
