@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import zip_longest
 from datetime import datetime, timezone
 
 import numpy as np
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 FINALIZE_RESERVE = 0.06
 # Share of what is left that the search gets when members must be trained again on every row afterwards.
 REFIT_SEARCH_SHARE = 0.7
-VIEWS = ("quantile", "robust", "ordinal")
 # Defaults are tried cheapest family first, so a usable model exists within seconds.
 CHEAP_FIRST = ("linear", "gbdt", "forest", "mlp")
 # Rows per timed batch when members are measured against ``infer_limit``.
@@ -105,14 +105,19 @@ def prepare_data(table: Table, options: FitOptions, meta: MetaModel | None = Non
     else:
         train_idx, test_idx = np.arange(len(y)), np.arange(0)
     X_train = table.X.iloc[train_idx]
-    views = {s: fit_preprocessor(X_train, table.columns, s) for s in VIEWS}
+    # Column statistics do not depend on the scaling: fit them once, and transform only the views
+    # that the families searched read (the ordinal one always describes the columns to them).
+    columns = fit_preprocessor(X_train, table.columns).columns
+    needed = sorted({view for name in options.families for view in FAMILIES[name].views})
+    views = {s: Preprocessor(s, columns) for s in needed}
+    ordinal = Preprocessor("ordinal", columns)
     y_mean, y_std = 0.0, 1.0
     if task == "regression":
         y_mean, y_std = float(y[train_idx].mean()), float(y[train_idx].std()) or 1.0
     y_model = (y - y_mean) / y_std if task == "regression" else y
     info = TaskInfo(task=task, n_out=1 if task == "regression" else len(table.classes or []),
-                    n_rows=len(train_idx), n_columns=views["ordinal"].n_features_out,
-                    categorical=tuple(views["ordinal"].categorical), meta=meta)
+                    n_rows=len(train_idx), n_columns=ordinal.n_features_out,
+                    categorical=tuple(ordinal.categorical), meta=meta)
     search = SearchData(
         views={s: p.transform(X_train) for s, p in views.items()}, y=y_model[train_idx],
         plan=make_plan(y_model[train_idx], task, options.seed + 1, kfold_max_rows=options.kfold_max_rows),
@@ -125,10 +130,9 @@ def first_candidates(meta: MetaModel | None, families: tuple[str, ...], info: Ta
     """Tried before the sampler takes over: the meta-model's portfolio, then every family's defaults, cheapest
     family first (the network family's defaults include the meta-model's learned starts)."""
     portfolio = [Candidate.from_json(c) for c in (meta.portfolio() if meta is not None else [])]
-    per_family = [FAMILIES[name]().defaults(info) for name in CHEAP_FIRST if name in families]
-    defaults = [Candidate(name, config) for rank in range(max(map(len, per_family), default=0))
-                for name, configs in zip([n for n in CHEAP_FIRST if n in families], per_family)
-                for config in configs[rank:rank + 1]]
+    per_family = [[Candidate(name, config) for config in FAMILIES[name]().defaults(info)]
+                  for name in CHEAP_FIRST if name in families]
+    defaults = [cand for rank in zip_longest(*per_family) for cand in rank if cand is not None]
     out: list[Candidate] = []
     for cand in [c for c in portfolio if c.family in families] + defaults:
         if cand not in out:

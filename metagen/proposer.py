@@ -61,7 +61,7 @@ class PerformanceTable:
 def candidate_configs(families: tuple[str, ...], per_family: int, info: TaskInfo, seed: int = 0,
                       max_steps: int = 1000) -> list[Candidate]:
     """Per family its defaults, then random draws from its space, up to ``per_family`` each."""
-    impl = {name: (FAMILIES[name](max_steps) if name == "mlp" else FAMILIES[name]()) for name in families}
+    impl = {name: FAMILIES[name](max_steps=max_steps) for name in families}
     out: list[Candidate] = []
     with quiet_optuna():
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))

@@ -124,7 +124,7 @@ def run_trial(
         score = selection_score(info.task, y[plan.score_rows], predictions)
         return TrialResult(family.name, config, _finite(score), predictions, [trained.part],
                            time.monotonic() - started, False,
-                           details={**trained.info, "cut_by_deadline": trained.hit_deadline})
+                           details={**trained.details, "cut_by_deadline": trained.hit_deadline})
     shape = (len(y),) if info.regression else (len(y), info.n_out)
     oof = np.zeros(shape)
     parts, fold_scores, cut = [], [], False
@@ -141,7 +141,7 @@ def run_trial(
     predictions = oof[plan.score_rows]
     score = selection_score(info.task, y[plan.score_rows], predictions)
     return TrialResult(family.name, config, _finite(score), predictions, parts, time.monotonic() - started,
-                       plan.refit, details={**trained.info, "cut_by_deadline": cut})
+                       plan.refit, details={**trained.details, "cut_by_deadline": cut})
 
 
 def _finite(score: float) -> float:
@@ -229,7 +229,7 @@ def run_search(
     """
     start = time.monotonic()
     deadline = None if n_trials is not None else start + time_budget
-    impl = {name: (FAMILIES[name](max_steps) if name == "mlp" else FAMILIES[name]()) for name in families}
+    impl = {name: FAMILIES[name](max_steps=max_steps) for name in families}
     pool: dict[int, TrialResult] = {}
     interrupted = False
     first_model_s: float | None = None

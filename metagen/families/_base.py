@@ -66,7 +66,7 @@ class Trained:
     part: Part
     out_of_bag: np.ndarray | None = None
     hit_deadline: bool = False
-    info: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
     """What training reached (boosting rounds, trees, steps), kept as a trial attribute of the study."""
 
 
@@ -76,6 +76,12 @@ class Family(ABC):
     name: ClassVar[str]
     out_of_bag: ClassVar[bool] = False
     """Scored on its own out-of-bag predictions (one model on every row) instead of k fold models."""
+    views: ClassVar[tuple[str, ...]]
+    """Every view ``view(config)`` may name, so a fit prepares only those."""
+
+    def __init__(self, *, max_steps: int | None = None) -> None:
+        """``max_steps``: the most gradient steps a trial may take, for families that train by steps."""
+        self.max_steps = max_steps
 
     @abstractmethod
     def suggest(self, trial: optuna.Trial, info: TaskInfo) -> dict[str, Any]:

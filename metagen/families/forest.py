@@ -26,6 +26,7 @@ MAX_FEATURES = ["sqrt", "log2", 0.33, 0.66, 1.0]
 
 class Forest(Family):
     name = "forest"
+    views = ("ordinal",)
     out_of_bag = True
 
     def suggest(self, trial: optuna.Trial, info: TaskInfo) -> dict[str, Any]:
@@ -86,4 +87,4 @@ class Forest(Family):
         expected = (model.predict(check_rows) if info.regression else
                     expand_columns(model.predict_proba(check_rows), model.classes_, info.n_out))
         check_export(part, check_rows, expected)
-        return Trained(part, out_of_bag=oob, hit_deadline=hit, info={"n_estimators": len(model.estimators_)})
+        return Trained(part, out_of_bag=oob, hit_deadline=hit, details={"n_estimators": len(model.estimators_)})

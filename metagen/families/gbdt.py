@@ -19,6 +19,7 @@ CHUNK_ROWS = 50_000
 
 class GBDT(Family):
     name = "gbdt"
+    views = ("ordinal",)
 
     def suggest(self, trial: optuna.Trial, info: TaskInfo) -> dict[str, Any]:
         p = self.param
@@ -72,7 +73,7 @@ class GBDT(Family):
         expected = (model.predict(check_rows) if info.regression else
                     expand_columns(model.predict_proba(check_rows), model.classes_, info.n_out))
         check_export(part, check_rows, expected)
-        return Trained(part, hit_deadline=hit, info={"n_iter": int(model.n_iter_)})
+        return Trained(part, hit_deadline=hit, details={"n_iter": int(model.n_iter_)})
 
 
 def _rarest(y: np.ndarray) -> int:

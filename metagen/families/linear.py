@@ -14,6 +14,7 @@ from metagen.serving.linear import LinearPart
 
 class Linear(Family):
     name = "linear"
+    views = ("quantile", "robust")
 
     def suggest(self, trial: optuna.Trial, info: TaskInfo) -> dict[str, Any]:
         p = self.param

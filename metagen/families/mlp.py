@@ -28,9 +28,10 @@ META_LR = 1e-3
 
 class MLPFamily(Family):
     name = "mlp"
+    views = SCALINGS
 
-    def __init__(self, max_steps: int | None = None) -> None:
-        self.max_steps = max_steps or MAX_STEPS
+    def __init__(self, *, max_steps: int | None = None) -> None:
+        super().__init__(max_steps=max_steps or MAX_STEPS)
 
     def suggest(self, trial: optuna.Trial, info: TaskInfo) -> dict[str, Any]:
         p = self.param
@@ -103,4 +104,4 @@ class MLPFamily(Family):
                                    steps=arch.inner_steps, seed=seed)
         result = train_network(X, y, None, None, info.task, info.n_out, net, seed=seed, deadline=deadline, init=init)
         return Trained(NetworkPart.from_module(result.model, net, info.regression), hit_deadline=result.hit_deadline,
-                       info={"steps": result.best_step})
+                       details={"steps": result.best_step})
