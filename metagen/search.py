@@ -188,14 +188,15 @@ def open_study(storage: str | None, study_name: str, seed: int, resume: bool) ->
 
 
 def _sqlite_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """Two processes that create the schema of a new SQLite file at once collide once; the second then finds it."""
+    """Two processes that create the schema of a new SQLite file at once collide (a duplicate version row, or a
+    table that already exists); a moment later the second one finds the schema made."""
     def open_storage() -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}})
 
     for attempt in range(attempts - 1):
         try:
             return open_storage()
-        except IntegrityError:
+        except (IntegrityError, OperationalError):
             time.sleep(0.2 * (attempt + 1))
     return open_storage()
 
