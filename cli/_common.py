@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from metagen.errors import MetaGenError
 
@@ -21,7 +22,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except MetaGenError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # "metagen[plot]" is no markup
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("interrupted")

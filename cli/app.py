@@ -19,10 +19,15 @@ from metagen_cli.bench import bench_app
 from metagen_cli.corpus import corpus_app
 from metagen_cli.export import export_command
 from metagen_cli.meta_train import meta_portfolio_command, meta_train_command
+from metagen_cli.propose import propose_command
+from metagen_cli.report import report_command
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
 from metagen.errors import MetaGenError
+
+ZERO_SHOT_BUDGET = 60.0
+"""A zero-shot fit's budget: its one trial is picked to take seconds; this caps it if the pick runs long."""
 
 app = typer.Typer(
     help="metagen: tabular data in, a ready model file out. A meta-learned start, an Optuna search, no pickle.",
@@ -38,8 +43,10 @@ def _fmt(value: object) -> str:
 
 
 def _default_output(data: Path) -> Path:
+    if str(data) == "-":
+        return Path("stdin.metagen")
     name = data.name
-    for suffix in (".gz", ".csv", ".tsv", ".txt"):
+    for suffix in (".gz", ".csv", ".tsv", ".txt", ".parquet", ".pq", ".xlsx", ".xlsm"):
         name = name.removesuffix(suffix)
     return Path(f"{name}.metagen")
 
@@ -61,10 +68,11 @@ def _study_name(output: Path, storage: str, resume: bool) -> str:
 
 @app.command()
 def fit(
-    data: Path = typer.Argument(..., help="CSV file (any delimiter; .gz works)."),
+    data: Path = typer.Argument(..., help="CSV (any delimiter; .gz works), TSV, Parquet or Excel file; - reads CSV from standard input."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column. Default: the last column if it is named target, class, label or y."),
     task: Optional[str] = typer.Option(None, help="binary, multiclass or regression. Default: inferred from the target."),
-    time_budget: float = typer.Option(60.0, "--time-budget", "-b", help="Seconds for the whole fit."),
+    time_budget: float = typer.Option(60.0, "--time-budget", "-b", help="Seconds for the whole fit; 0: --zero-shot."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="No search: train the proposer's best quick proposal and write it, in seconds."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model file to write. Default: <data name>.metagen"),
     seed: int = typer.Option(0, help="Random seed."),
     n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Run exactly this many trials, however long they take (reproducible runs)."),
@@ -77,6 +85,7 @@ def fit(
     infer_limit: Optional[float] = typer.Option(None, "--infer-limit", help="Most seconds per row the model may take to predict (e.g. 1e-5); the ensemble keeps within it."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Also write the ensemble as an ONNX model (its inputs are the preprocessed views)."),
     test_size: float = typer.Option(0.0, "--test-size", help="Share of rows held back for the reported score; the members are then refit on every row. 0: report the out-of-fold score."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write an HTML report of the fit (plots inline; see `metagen report`)."),
 ) -> None:
     """Search model families for a table and write the best ensemble as a model file."""
     started = time.monotonic()  # the budget counts reading the file too
@@ -88,12 +97,20 @@ def fit(
     with user_errors():
         if task is not None and task not in ("binary", "multiclass", "regression"):
             raise MetaGenError(f"Unknown --task {task!r}.", "Use binary, multiclass or regression.")
+        if report is not None:
+            from metagen.extras import pyplot
+
+            pyplot()  # a missing matplotlib is said before the fit, not after it
         table = read_table(data, target=target, task=task)  # type: ignore[arg-type]
         output = output or _default_output(data)
         storage = storage or f"sqlite:///{output.with_suffix('.optuna.db')}"
         _describe(table)
+        if time_budget < 0:
+            raise MetaGenError(f"--time-budget must be seconds >= 0, got {time_budget:g}.", "Pass e.g. 60, or 0 for --zero-shot.")
+        zero_shot = zero_shot or time_budget == 0
+        time_budget = time_budget or ZERO_SHOT_BUDGET
         options = FitOptions(
-            time_budget=max(1.0, time_budget - (time.monotonic() - started)), n_trials=n_trials,
+            time_budget=max(1.0, time_budget - (time.monotonic() - started)), n_trials=n_trials, zero_shot=zero_shot,
             seed=seed, storage=storage,
             study_name=_study_name(output, storage, resume), resume=resume, max_steps=max_steps,
             use_meta=not no_meta, families=parse_families(families), test_size=test_size, infer_limit=infer_limit,
@@ -116,13 +133,18 @@ def fit(
             from metagen.onnx_export import export_onnx
 
             export_onnx(fitted, onnx)
+        if report is not None:
+            from metagen.report import write_report
+
+            write_report(output, report, table=table, data_name=str(data), storage=storage)
     _leaderboard(fitted.leaderboard, table.metric)
     metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in fitted.metrics.items())
     out.print(f"score on {fitted.provenance['score_source']}: {metrics}")
     out.print(f"wrote [bold]{output}[/] in {fitted.provenance['fit_seconds']:.1f}s "
               f"({fitted.provenance['n_trials_complete']} trials, {fitted.provenance['n_trials_pruned']} pruned, "
               f"ensemble of {len(fitted.members)}; "
-              f"study '{options.study_name}' in {storage})" + (f"; ONNX in {onnx}" if onnx else ""))
+              f"study '{options.study_name}' in {storage})" + (f"; ONNX in {onnx}" if onnx else "")
+              + (f"; report in {report}" if report else ""))
     if fitted.provenance["interrupted"]:
         err.print(f"interrupted: wrote best model so far ({fitted.provenance['n_trials_complete']} trials)")
         raise typer.Exit(INTERRUPTED)
@@ -159,19 +181,19 @@ def _leaderboard(rows: list[dict], metric: str, top: int = 8) -> None:
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="Model file from `metagen fit`."),
-    data: Path = typer.Argument(..., help="CSV with the model's feature columns (extra columns are ignored)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write. Default: standard output."),
+    data: Path = typer.Argument(..., help="CSV, TSV, Parquet or Excel file (- : CSV on standard input) with the model's feature columns (extra columns are ignored)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write (Parquet for .parquet, tab-separated for .tsv). Default: standard output."),
     proba: bool = typer.Option(False, "--proba", help="Add one probability column per class."),
 ) -> None:
     """Predict for every row of a CSV."""
     import pandas as pd
 
     from metagen.predictor import load
-    from metagen.table import read_csv
+    from metagen.table import read_frame, write_frame
 
     with user_errors():
         predictor = load(model)
-        frame = read_csv(data)
+        frame = read_frame(data)
         result = pd.DataFrame({predictor.fitted.target: predictor.predict(frame)})
         if proba:
             if predictor.task == "regression":
@@ -182,7 +204,7 @@ def predict(
         if output is None:
             result.to_csv(sys.stdout, index=False)
         else:
-            result.to_csv(output, index=False)
+            write_frame(result, output)
             err.print(f"wrote {len(result)} predictions to {output}")
 
 
@@ -217,13 +239,14 @@ def info(
     out.print(t)
     source = spec["provenance"].get("score_source", "held-back rows")
     out.print(f"score on {source}: " + ("  ".join(f"{k} {_fmt(v)}" for k, v in spec["metrics"].items()) or "none"))
-    out.print("provenance: " + ", ".join(f"{k}={v}" for k, v in {**spec["provenance"], **spec["versions"]}.items()))
+    out.print("provenance: " + ", ".join(f"{k}={v}" for k, v in {**spec["provenance"], **spec["versions"]}.items()
+                                         if k != "scored"))  # the scored rows' predictions are for the report
 
 
 @app.command()
 def evaluate(
     model: Path = typer.Argument(..., help="Model file."),
-    data: Path = typer.Argument(..., help="CSV that has the target column."),
+    data: Path = typer.Argument(..., help="CSV, TSV, Parquet or Excel file that has the target column."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
 ) -> None:
     """Score a model on a labelled table."""
@@ -231,12 +254,12 @@ def evaluate(
 
     from metagen.metrics import all_metrics
     from metagen.predictor import load
-    from metagen.table import make_table, read_csv
+    from metagen.table import make_table, read_frame
 
     with user_errors():
         predictor = load(model)
         fitted = predictor.fitted
-        table = make_table(read_csv(data), target=fitted.target, task=fitted.task)  # type: ignore[arg-type]
+        table = make_table(read_frame(data), target=fitted.target, task=fitted.task)  # type: ignore[arg-type]
         if fitted.classes is not None:
             index = {str(c): i for i, c in enumerate(fitted.classes)}
             labels = [str(c) for c in table.classes]
@@ -256,9 +279,11 @@ def evaluate(
 
 
 app.command("export")(export_command)
+app.command("report")(report_command)
 app.add_typer(corpus_app, name="corpus")
 app.command("meta-train")(meta_train_command)
 app.command("meta-portfolio")(meta_portfolio_command)
+app.command("propose")(propose_command)
 app.add_typer(bench_app, name="bench")
 
 

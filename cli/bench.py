@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from metagen_cli._common import err, out, user_errors
 from metagen_cli.bench_meta import bench_ablate, bench_adapt, bench_maml
+
+from metagen.extras import pyplot
 
 bench_app = typer.Typer(
     help="Benchmarks on a suite of tables (a PMLB-format folder, `sklearn` or `synthetic`); records as CSV and JSON.",
@@ -29,7 +32,7 @@ def peers(
     split: Optional[str] = typer.Option(None, "--split", help="Only tables of this manifest split, e.g. dev-eval."),
     budgets: str = typer.Option("10,30,60", "--budgets", help="Seconds per fit for budgeted methods, comma-separated."),
     seeds: int = typer.Option(1, "--seeds", help="Seeded train/test splits per table (seeds 0..N-1)."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Only these methods, comma-separated (default: all present)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Only these methods, comma-separated (default: all present); method@B runs that method at budget B only."),
     out_dir: Path = typer.Option(Path("bench-results/peers"), "--out", help="Folder for runs.csv, summary.json, the plot."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Run records as JSON. Default: <out>/runs.json"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of normalised score against fit time. Default: <out>/anytime.png"),
@@ -45,16 +48,21 @@ def peers(
     from metagen.bench.harness import anytime_plot
 
     budget_list = _numbers(budgets, "--budgets")
-    chosen = METHODS
+    chosen, labels = METHODS, None
     if methods is not None:
-        names = [m.strip() for m in methods.split(",") if m.strip()]
+        items = [m.strip() for m in methods.split(",") if m.strip()]
+        names = list(dict.fromkeys(m.split("@")[0] for m in items))
+        if any("@" in m for m in items):  # method@budget: exactly these runs
+            labels = {m for m in items if "@" in m}
+            budget_list = sorted({*budget_list, *_numbers(",".join(m.split("@")[1] for m in labels), "--methods")})
+            labels = {f"{m.split('@')[0]}@{float(m.split('@')[1]):g}" for m in labels}
         unknown = sorted(set(names) - {m.name for m in METHODS})
         if unknown:
             raise typer.BadParameter(f"Unknown method(s) {', '.join(unknown)}; known: {', '.join(m.name for m in METHODS)}.")
         chosen = [m for m in METHODS if m.name in names]
     present, absent = available(chosen)
     for name, why in absent.items():
-        err.print(f"[yellow]absent:[/] {name} ({why})", highlight=False)
+        err.print(f"[yellow]absent:[/] {name} ({escape(why)})", highlight=False)
     config = BenchConfig(suite, split, test_size, max_train_rows, threads)
 
     def report(record, i: int, total: int) -> None:
@@ -62,7 +70,9 @@ def peers(
         err.print(f"[{i}/{total}] {record.dataset} {record.method}: {record.status}  {detail}", highlight=False)
 
     with user_errors():
-        records = run_benchmark(config, present, budget_list, list(range(seeds)), out_dir / "runs.csv", report)
+        pyplot()  # say a missing matplotlib before the runs, not after them
+        records = run_benchmark(config, present, budget_list, list(range(seeds)), out_dir / "runs.csv", report,
+                                labels)
     rows = summarise(records)
     title = f"peers on {suite}" + (f" ({split})" if split else "")
     out.print(summary_table(rows, title))
@@ -107,3 +117,35 @@ def predict(
     if json_path is not None:
         write_json(json_path, {"rows": rows, "columns": columns, "repeats": repeats, "seed": seed,
                                "threads": threads, "records": records})
+
+
+@bench_app.command()
+def propose(
+    suite: str = typer.Option(..., "--suite", help="Folder of PMLB-format tables, `sklearn` or `synthetic`."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only tables of this manifest split, e.g. dev-eval."),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Rows kept per table (default: the rows the proposer learned from)."),
+    seed: int = typer.Option(0, "--seed"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-table rows and the summary here."),
+) -> None:
+    """The shipped proposer's picks against a default, the static portfolio and random configurations, run live."""
+    from metagen.bench.harness import plain_table, suite_tables, write_json
+    from metagen.bench.propose import bench_propose, summary
+    from metagen.errors import MetaGenError
+    from metagen.meta_model import shipped_meta_model
+
+    def shown(row: dict) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+
+    with user_errors():
+        meta = shipped_meta_model()
+        if meta is None or "proposer" not in meta.spec:
+            raise MetaGenError("This build of metagen ships no proposer.", "Build one with `metagen meta-portfolio`.")
+        refs = suite_tables(suite, split)
+        rows = bench_propose(refs, meta, max_rows, seed,
+                             on_table=lambda r: err.print(f"{r['table']}: ranking top-1 {r['ranking_top1']:.3f}, "
+                                                          f"default {r['default']:.3f}", highlight=False))
+    mean = summary(rows)
+    out.print(plain_table([shown(r) for r in rows], "normalised score per table (1 = best configuration run there)"))
+    out.print(plain_table([mean], f"mean over {len(rows)} tables ({meta.spec['proposer']['kind']} proposer)"))
+    if json_path is not None:
+        write_json(json_path, {"suite": suite, "split": split, "rows": rows, "summary": mean})

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from metagen_cli._common import user_errors
 from rich.console import Console
 from rich.table import Table as RichTable
 
 from metagen.errors import DataError
+from metagen.extras import pyplot
 from task_corpus import ArrayTable, from_source, generate_table, load_table, resolve_source
 
 console = Console()
@@ -44,7 +46,9 @@ def _tables(sources: list[str], split: str | None, n_synthetic: int) -> list[Arr
 def list_tables(sources: list[str] = SourceOpt, split: str | None = SplitOpt, n_synthetic: int = SyntheticOpt) -> None:
     """One line per table: name, source, rows, columns, classes, split."""
     out = RichTable("name", "source", "rows", "columns", "classes", "split")
-    for t in _tables(sources, split, n_synthetic):
+    with user_errors():
+        tables = _tables(sources, split, n_synthetic)
+    for t in tables:
         out.add_row(t.name, t.source, str(t.n_rows), str(t.n_columns), str(t.n_classes or "-"), t.split or "-")
     console.print(out)
 
@@ -57,9 +61,12 @@ def stats(
     plot: Path | None = typer.Option(None, "--plot", help="Write histograms of rows, columns and classes to this PNG."),
 ) -> None:
     """How many tables of each kind, and how their sizes are spread."""
-    tables = _tables(sources, split, n_synthetic)
-    if not tables:
-        raise DataError("No tables in the given sources.", "Check --source and --split.")
+    with user_errors():
+        if plot is not None:
+            pyplot()  # say a missing matplotlib before reading the tables, not after
+        tables = _tables(sources, split, n_synthetic)
+        if not tables:
+            raise DataError("No tables in the given sources.", "Check --source and --split.")
     kinds = RichTable("source", "binary", "multiclass", "regression", "total", title="Tables by kind")
     for source in sorted({t.source for t in tables}):
         mine = [t.task for t in tables if t.source == source]
@@ -85,10 +92,7 @@ def _size_columns(tables: list[ArrayTable]) -> dict[str, np.ndarray]:
 
 
 def _plot(tables: list[ArrayTable], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, (label, values) in zip(axes, _size_columns(tables).items()):

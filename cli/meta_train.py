@@ -72,75 +72,114 @@ def meta_portfolio_command(
     corpus: list[str] = typer.Option(
         ..., "--corpus", "-c", help="Task source, as meta-train takes it; dev-eval tables and their families are left out.",
     ),
-    meta_model: Path = typer.Option(..., "--meta-model", help="Meta-model file to add the portfolio to (rewritten)."),
+    meta_model: Path = typer.Option(..., "--meta-model", help="Meta-model file to add the proposer to (rewritten)."),
+    cells: Path = typer.Option(..., help="Folder of cell files (cells-*.csv): appended as the build goes, resumed from."),
+    preset: str = typer.Option("session", help="session (one CPU session) or full (a larger machine)."),
     families: str = typer.Option("gbdt,forest,linear,mlp", "--families", "-f",
-                                 help="Families whose configurations the table holds; the first one's default is the reference."),
-    per_family: int = typer.Option(12, help="Configurations per family: its defaults, then random draws from its space."),
-    tables: int = typer.Option(40, help="Meta-train tables drawn at random for the performance table."),
-    size: int = typer.Option(8, help="Configurations in the portfolio."),
-    max_rows: int = typer.Option(1000, help="Rows kept per table, so each cell stays cheap."),
-    max_steps: int = typer.Option(1000, help="Most gradient steps of a network candidate."),
-    cells: Optional[Path] = typer.Option(None, help="CSV of finished cells: appended as the build goes, resumed from."),
+                                 help="Families whose configurations the table holds."),
+    per_family: Optional[int] = typer.Option(None, help="Configurations per family in the pool (default: the preset's)."),
+    per_table: Optional[int] = typer.Option(None, help="Cells run on each table (default: the preset's)."),
+    tables: int = typer.Option(0, help="Meta-train tables, drawn in a fixed random order; 0: all of them."),
+    max_rows: Optional[int] = typer.Option(None, help="Rows kept per table (default: the preset's)."),
+    max_steps: Optional[int] = typer.Option(None, help="Most gradient steps of a network candidate (default: the preset's)."),
+    shard: Optional[str] = typer.Option(None, help="I/N: run only every N-th table from the I-th, write cells-I.csv, "
+                                                   "and stop (several workers build one table; a last run without "
+                                                   "--shard trains the proposer)."),
+    size: int = typer.Option(8, help="Configurations in the static portfolio."),
     seed: int = typer.Option(0),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the performance table here."),
+    table_out: Optional[Path] = typer.Option(None, "--table", help="Write the merged performance table here "
+                                                                    "(CSV, gzip when it ends in .gz)."),
 ) -> None:
-    """Build a performance table across families and store its greedy portfolio in the meta-model file.
+    """Build the performance table across families and train the proposer from it, into the meta-model file.
 
-    ``fit`` tries the portfolio's configurations first, cheapest first, before TPE takes over.
+    Every table runs its families' defaults and a random draw of the configuration pool,
+    each scored as ``fit`` scores a trial. The cells are kept in ``--cells``, so a killed
+    build continues, and several ``--shard`` workers can share the work.
     """
+    from dataclasses import replace
+
     import numpy as np
 
-    from metagen.bench.harness import plain_table, write_json
-    from metagen.errors import DataError
+    from metagen.bench.harness import plain_table
     from metagen.families import TaskInfo, parse_families
     from metagen.meta_model import load_meta_model, save_meta_model
-    from metagen.proposer import (
-        candidate_configs,
-        cheapest_first,
+    from metagen.performance_table import (
+        PRESETS,
+        PerformanceTable,
+        build_cells,
+        candidate_pool,
+        cells_for_table,
         corpus_table,
-        cross_validate_portfolio,
-        greedy_portfolio,
-        performance_table,
+        read_cells,
+        write_cells,
     )
+    from metagen.proposer import PortfolioProposer, RankingProposer, cross_validate, store_proposer, table_subset
+    from metagen.task_features import task_features
     from task_corpus import meta_train_tables, resolve_source
 
     with user_errors():
+        if preset not in PRESETS:
+            raise MetaGenError(f"Unknown preset {preset!r}.", f"Use one of: {', '.join(PRESETS)}.")
+        overrides = {"per_family": per_family, "per_table": per_table, "max_rows": max_rows, "max_steps": max_steps}
+        chosen = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+        index, count = _parse_shard(shard)
         meta = load_meta_model(meta_model)
         chosen_families = parse_families(families)
         kept, excluded = meta_train_tables([ref for spec in corpus for ref in resolve_source(spec)])
-        rng = np.random.default_rng(seed)
-        chosen_tables = []
-        for i in rng.permutation(len(kept)):
-            if len(chosen_tables) == tables:
-                break
-            try:
-                chosen_tables.append((kept[i].name, corpus_table(kept[i], max_rows, seed)))
-            except DataError as exc:
-                console.print(f"skipping {kept[i].name}: {exc}")
-        info = TaskInfo(task="binary", n_out=2, n_rows=max_rows, n_columns=0, meta=meta)
-        configs = candidate_configs(chosen_families, per_family, info, seed, max_steps)
-        console.print(f"performance table: {len(configs)} configurations x {len(chosen_tables)} tables "
-                      f"({len(excluded)} dev-eval tables and copies left out)")
+        order = [kept[i] for i in np.random.default_rng(seed).permutation(len(kept))]
+        order = order[:tables] if tables > 0 else order
+        info = TaskInfo(task="binary", n_out=2, n_rows=chosen.max_rows, n_columns=0, meta=meta)
+        pool = candidate_pool(chosen_families, chosen.per_family, info, seed, chosen.max_steps)
+        mine = order[index::count]
+        console.print(f"performance table: pool of {len(pool.candidates)} configurations, {chosen.per_table} cells "
+                      f"on each of {len(order)} tables ({len(mine)} in this worker; {len(excluded)} dev-eval tables "
+                      f"and copies left out)")
+        cells.mkdir(parents=True, exist_ok=True)
+        others = [p for p in sorted(cells.glob("cells-*.csv")) if p.name != f"cells-{index}.csv"]
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
-            bar = progress.add_task("cells", total=len(configs) * len(chosen_tables))
-            table = performance_table(chosen_tables, configs, seed=seed, meta=meta, cells_path=cells,
-                                      on_cell=lambda name, i, score: progress.advance(bar))
-        normalised = table.normalised()
-        picked = cheapest_first(greedy_portfolio(normalised, size), table.seconds)
-        check = cross_validate_portfolio(normalised, size, seed=seed)
-        meta.spec["portfolio"] = [configs[i].to_json() for i in picked]
-        meta.spec["portfolio_check"] = check
-        meta.spec["performance_table"] = {"candidates": len(configs), "tables": len(chosen_tables),
-                                          "max_rows": max_rows, "cell_seconds": round(float(np.nansum(table.seconds)))}
+            bar = progress.add_task("cells", total=sum(len(cells_for_table(pool, r.name, chosen.per_table, seed))
+                                                       for r in mine))
+            build_cells([(r.name, lambda r=r: corpus_table(r, chosen.max_rows, seed)) for r in mine], pool,
+                        chosen.per_table, cells / f"cells-{index}.csv", also_read=others, seed=seed, meta=meta,
+                        on_cell=lambda cell: progress.advance(bar))
+        if shard is not None:
+            console.print(f"worker {index} of {count} done; cells in {cells / f'cells-{index}.csv'}")
+            return
+        table = PerformanceTable.from_cells(read_cells(sorted(cells.glob("cells-*.csv"))), pool.candidates)
+        table = table_subset(table, np.flatnonzero([t in {r.name for r in order} for t in table.tables]))
+        by_name = {r.name: r for r in order}
+        features = np.array([task_features(corpus_table(by_name[t], chosen.max_rows, seed), meta, chosen.max_rows, seed)
+                             for t in table.tables])
+        default = next(i for i, c in enumerate(pool.candidates) if pool.defaults[i])
+        held = cross_validate(table, features, default, chosen.max_rows, seed=seed)
+        check = {k: round(float(np.nanmean([r[k] for r in held])), 4) for k in held[0] if k != "table"}
+        winner = "ranking" if check["ranking_top1"] > check["portfolio_top1"] else "portfolio"
+        proposer = (RankingProposer.train(table, features, chosen.max_rows, seed=seed) if winner == "ranking"
+                    else PortfolioProposer.train(table, chosen.max_rows, size))
+        meta.spec.pop("portfolio", None)
+        meta.spec.pop("portfolio_check", None)
+        store_proposer(meta, proposer, check=check, check_tables=len(held), default=pool.candidates[default].to_json())
+        meta.spec["performance_table"] = {
+            "configurations": len(pool.candidates), "tables": len(table.tables), "cells": int(table.ran.sum()),
+            "per_table": chosen.per_table, "max_rows": chosen.max_rows, "max_steps": chosen.max_steps,
+            "cell_seconds": round(float(np.nansum(np.where(table.ran, table.seconds, np.nan))))}
         save_meta_model(meta, meta_model)
-    rows = [{"order": r + 1, "family": configs[i].family, "mean_norm": float(normalised[i].mean()),
-             "best_on": int((normalised[i] == 1.0).sum()), "median_s": float(np.nanmedian(table.seconds[i])),
-             "config": " ".join(f"{k}={v}" for k, v in configs[i].config.items() if k != "init")}
-            for r, i in enumerate(picked)]
-    console.print(plain_table(rows, "portfolio (the order fit tries it)"))
-    console.print(plain_table([check], "best-of normalised score on tables the portfolio was not chosen on "
-                                       "(2-fold over tables; default = the first family's default)"))
-    if json_path is not None:
-        write_json(json_path, {**table.to_json(), "portfolio": picked, "check": check})
-    console.print(f"wrote the portfolio into {meta_model}")
+    console.print(plain_table([check], f"normalised score on tables the proposers never saw ({len(held)} tables, "
+                                       "5-fold over tables, among the configurations each ran)"))
+    console.print(f"{winner} proposer wins; wrote it into {meta_model}")
+    if table_out is not None:
+        write_cells(table_out, [c for c in read_cells(sorted(cells.glob("cells-*.csv"))) if c.table in table.tables])
+        console.print(f"wrote the performance table to {table_out}")
+
+
+def _parse_shard(shard: str | None) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    try:
+        index, count = (int(v) for v in shard.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise MetaGenError(f"--shard {shard!r} is not I/N with 0 <= I < N.", "For two workers pass --shard 0/2 and --shard 1/2.")
+    return index, count

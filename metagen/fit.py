@@ -8,6 +8,7 @@ is passed in rather than reached for.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from metagen.meta_model import MetaModel, shipped_meta_model
 from metagen.metrics import all_metrics, metric_name, selection_score
 from metagen.model import FittedModel, Member
 from metagen.preprocess import Preprocessor, fit_preprocessor
+from metagen.proposer import Proposal, load_proposer, order_by_gain
 from metagen.search import Progress, SearchData, TrialResult, open_study, quiet_optuna, run_search, run_trial
 from metagen.table import Table
+from metagen.task_features import task_features
 from metagen.validation import KFOLD_MAX_ROWS, holdout, make_plan
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,14 @@ FINALIZE_RESERVE = 0.06
 REFIT_SEARCH_SHARE = 0.7
 # Defaults are tried cheapest family first, so a usable model exists within seconds.
 CHEAP_FIRST = ("linear", "gbdt", "forest", "mlp")
+# Most proposals enqueued before the sampler takes over.
+MAX_PROPOSALS = 12
+# A zero-shot fit trains the best proposal expected to take at most this long (every fold).
+ZERO_SHOT_SECONDS = 10.0
 # Rows per timed batch when members are measured against ``infer_limit``.
 INFER_BATCH = 1000
+# Rows of the reported score whose predictions the model file keeps (for the report's plots).
+SCORED_KEEP = 2000
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class FitOptions:
     infer_limit: float | None = None
     """Seconds per row the final model may take to predict (rows in batches of ``INFER_BATCH``, preprocessing
     included); the ensemble is chosen among members that keep within it. None: no limit."""
+    zero_shot: bool = False
+    """No search: train the proposer's best quick proposal (one trial) and export it."""
 
     def __post_init__(self) -> None:
         if not self.time_budget > 0:
@@ -126,15 +137,32 @@ def prepare_data(table: Table, options: FitOptions, meta: MetaModel | None = Non
     return PreparedData(search, views, train_idx, test_idx, y_mean, y_std)
 
 
-def first_candidates(meta: MetaModel | None, families: tuple[str, ...], info: TaskInfo) -> list[Candidate]:
-    """Tried before the sampler takes over: the meta-model's portfolio, then every family's defaults, cheapest
-    family first (the network family's defaults include the meta-model's learned starts)."""
-    portfolio = [Candidate.from_json(c) for c in (meta.portfolio() if meta is not None else [])]
+def rank_proposals(table: Table, prepared: PreparedData, meta: MetaModel | None, families: tuple[str, ...],
+                   seed: int) -> list[Proposal]:
+    """The meta-model's proposals for this table, the best predicted first; none without a proposer."""
+    proposer = load_proposer(meta)
+    if proposer is None:
+        return []
+    features = task_features(table, meta, rows=proposer.rows, seed=seed, among=prepared.train_idx)
+    plan = prepared.search.plan
+    return proposer.propose(features, families, prepared.search.info.n_rows,
+                            folds=len(plan.folds) if plan.kind == "kfold" else 1)
+
+
+def zero_shot_pick(ranked: list[Proposal], families: tuple[str, ...], info: TaskInfo) -> Candidate:
+    """The best proposal expected to train within ``ZERO_SHOT_SECONDS``; without one, the first default."""
+    quick = [p for p in ranked if p.seconds <= ZERO_SHOT_SECONDS]
+    return quick[0].candidate if quick else first_candidates([], families, info)[0]
+
+
+def first_candidates(proposals: list[Proposal], families: tuple[str, ...], info: TaskInfo) -> list[Candidate]:
+    """Tried before the sampler takes over: the proposals, then every family's defaults, cheapest family first
+    (the network family's defaults include the meta-model's learned starts)."""
     per_family = [[Candidate(name, config) for config in FAMILIES[name]().defaults(info)]
                   for name in CHEAP_FIRST if name in families]
     defaults = [cand for rank in zip_longest(*per_family) for cand in rank if cand is not None]
     out: list[Candidate] = []
-    for cand in [c for c in portfolio if c.family in families] + defaults:
+    for cand in [p.candidate for p in proposals if p.candidate.family in families] + defaults:
         if cand not in out:
             out.append(cand)
     return out
@@ -195,12 +223,19 @@ def fit_table(
     left = options.time_budget - (time.monotonic() - start)
     reserve = max(1.0, options.time_budget * FINALIZE_RESERVE)
     search_budget = max(1.0, (left - reserve) * (REFIT_SEARCH_SHARE if refit_after else 1.0))
+    ranked = rank_proposals(table, prepared, meta, options.families, options.seed)
+    if options.zero_shot:
+        enqueue, n_trials = [zero_shot_pick(ranked, options.families, info)], 1
+        proposals = [p for p in ranked if p.candidate == enqueue[0]]
+    else:
+        # With a trial count the clock must not change which trials run: no budget bounds the proposals.
+        proposals = order_by_gain(ranked, math.inf if options.n_trials else search_budget, limit=MAX_PROPOSALS)
+        enqueue, n_trials = first_candidates(proposals, options.families, info), options.n_trials
     with quiet_optuna():
         study = open_study(options.storage, options.study_name, options.seed, options.resume)
         result = run_search(
-            data, study, options.families, time_budget=search_budget, n_trials=options.n_trials, seed=options.seed,
-            enqueue=first_candidates(meta, options.families, info), max_steps=options.max_steps,
-            on_progress=on_progress,
+            data, study, options.families, time_budget=search_budget, n_trials=n_trials, seed=options.seed,
+            enqueue=enqueue, max_steps=options.max_steps, on_progress=on_progress,
         )
     pool = dict(result.pool)
     if result.best_trial not in pool:  # the best trial ran in an earlier, resumed process: train it again
@@ -235,12 +270,13 @@ def fit_table(
         return pred * prepared.y_std + prepared.y_mean if task == "regression" else pred
 
     if len(prepared.test_idx):
-        fitted.metrics = all_metrics(task, y[prepared.test_idx], fitted.predict_raw(table.X.iloc[prepared.test_idx]))
+        scored_rows, scored = prepared.test_idx, fitted.predict_raw(table.X.iloc[prepared.test_idx])
         source = f"held-back rows ({len(prepared.test_idx)})"
     else:
-        fitted.metrics = all_metrics(task, y[prepared.train_idx][plan.score_rows], unscale(blend))
+        scored_rows, scored = prepared.train_idx[plan.score_rows], unscale(blend)
         source = ("out-of-fold predictions" if plan.kind == "kfold" else "validation rows") + \
             f" ({len(plan.score_rows)} rows; the ensemble was chosen on them too)"
+    fitted.metrics = all_metrics(task, y[scored_rows], scored)
     n_refit = 0
     if refit_after:
         deadline = start + options.time_budget - 0.5 * reserve
@@ -270,10 +306,23 @@ def fit_table(
         "n_trials_complete": result.n_complete,
         "n_trials_pruned": result.n_pruned,
         "first_model_s": None if result.first_model_s is None else round(result.first_model_s, 2),
+        "proposer": meta.spec["proposer"]["kind"] if ranked and meta is not None else None,
+        "proposals": [{"family": p.candidate.family, "config": p.candidate.config,
+                       "predicted_score": round(p.score, 4), "predicted_seconds": round(p.seconds, 3)}
+                      for p in proposals],
+        "zero_shot": options.zero_shot,
         "ensemble_size": len(fitted.members),
         "infer_limit": options.infer_limit,
         "interrupted": result.interrupted,
         "metric": metric_name(task),
         "fit_seconds": round(time.monotonic() - start, 2),
+        "scored": _scored_sample(scored_rows, y[scored_rows], scored, options.seed),
     }
     return fitted
+
+
+def _scored_sample(rows: np.ndarray, y: np.ndarray, pred: np.ndarray, seed: int) -> dict:
+    """The reported score's rows (a seeded sample of at most ``SCORED_KEEP``), targets and predictions, so that a
+    report draws its confusion matrix, ROC curve or residuals from the model file alone."""
+    keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:SCORED_KEEP])
+    return {"rows": rows[keep].tolist(), "y": y[keep].tolist(), "pred": np.round(pred[keep], 6).tolist()}

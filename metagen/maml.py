@@ -197,13 +197,25 @@ def pca_basis(xs: Tensor, ms: Tensor, cols: Tensor) -> Tensor:
         return evecs * sign * real / (evals + 0.1).sqrt()
 
 
+def column_embeddings(theta: Params, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor, classes: Tensor,
+                      regression: bool) -> Tensor:
+    """(D, G): one learned embedding per column, from its statistics on the support rows."""
+    return torch.relu(column_stats(xs, ys, ms, cols, classes, regression) @ theta["gen.w1"] + theta["gen.b1"])
+
+
+def task_embedding(theta: Params, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor, classes: Tensor,
+                   regression: bool) -> Tensor:
+    """(G,): the column embeddings' mean, which FiLM reads; the proposer's task encoder reads it too."""
+    hidden = column_embeddings(theta, xs, ys, ms, cols, classes, regression)
+    return (hidden * cols[:, None]).sum(0) / cols.sum().clamp_min(1.0)
+
+
 def body_init(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor, cols: Tensor,
               classes: Tensor, noise: Tensor, regression: bool) -> Params:
     """First and hidden layers of one task's starting point (before the head)."""
     d = cols.sum().clamp_min(1.0)
     if arch.embeds_columns:  # (D, G): one embedding per column, from its statistics
-        stats = column_stats(xs, ys, ms, cols, classes, regression)
-        hidden = torch.relu(stats @ theta["gen.w1"] + theta["gen.b1"])
+        hidden = column_embeddings(theta, xs, ys, ms, cols, classes, regression)
     if arch.front == "generated":
         w0 = hidden @ theta["gen.w2"] + theta["gen.b2"] + theta["gen.log_noise"].exp() * noise
         w0 = w0 * cols[:, None] * (2.0 / d).sqrt()
@@ -218,7 +230,7 @@ def body_init(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor,
         fast[f"l{i}.w"], fast[f"l{i}.b"] = theta[f"l{i}.w"], theta[f"l{i}.b"]
     if arch.film:
         # FiLM on the start only: folded into each layer's weights, so the adapted network stays a plain MLP.
-        task = (hidden * cols[:, None]).sum(0) / d
+        task = (hidden * cols[:, None]).sum(0) / d  # task_embedding, from the embeddings already at hand
         for i in range(arch.depth):
             gain = 1 + task @ theta[f"film{i}.scale"]
             fast[f"l{i}.w"] = fast[f"l{i}.w"] * gain

@@ -35,17 +35,15 @@ class MetaModel:
 
     members: dict[str, tuple[MetaArch, Params]]
     spec: dict = field(default_factory=dict)
-
-    def portfolio(self) -> list[dict]:
-        """The proposer's zero-shot portfolio (``metagen meta-portfolio``) as ``{"family", "config"}`` JSON,
-        in the order ``fit`` tries it; empty when it has none."""
-        return list(self.spec.get("portfolio", []))
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors beside the members' (the proposer's, under ``proposer/``), saved under their own names."""
 
 
 def save_meta_model(model: MetaModel, path: str | Path) -> Path:
     path = Path(path)
     tensors = {f"{name}/{k}": v.detach().cpu().contiguous() for name, (_, p) in model.members.items()
                for k, v in p.items()}
+    tensors.update({k: v.detach().cpu().contiguous() for k, v in model.extra.items()})
     spec = {**model.spec, "format": FORMAT, "format_version": FORMAT_VERSION,
             "members": {name: arch.to_json() for name, (arch, _) in model.members.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +72,8 @@ def load_meta_model(path: str | Path) -> MetaModel:
     for name, arch_json in spec["members"].items():
         params = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}/")}
         members[name] = (MetaArch(**arch_json), params)
-    return MetaModel(members, spec)
+    taken = {f"{name}/{k}" for name, (_, p) in members.items() for k in p}
+    return MetaModel(members, spec, {k: v for k, v in tensors.items() if k not in taken})
 
 
 @lru_cache(maxsize=1)

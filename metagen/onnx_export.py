@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from metagen.errors import ConfigError, MetaGenError
+from metagen.extras import require
 from metagen.model import FittedModel
 from metagen.serving import LinearPart, NetworkPart, TreePart
 
@@ -46,12 +47,7 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ConfigError("ONNX export needs the onnx package, which is not installed.",
-                          'Install it with: pip install "metagen[onnx]"') from exc
-    return onnx
+    return require("onnx", "onnx", "ONNX export")
 
 
 class _Graph:

@@ -13,6 +13,7 @@ import gzip
 import io
 import logging
 import re
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from metagen.errors import DataError, TargetError
+from metagen.extras import require
 from metagen.metrics import metric_name
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ MIN_ROWS = 5
 # An integer target with at most this many distinct values is read as classes.
 MAX_INTEGER_CLASSES = 30
 _SNIFF_BYTES = 64 * 1024
+PARQUET_SUFFIXES = (".parquet", ".pq")
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 # Numbers written for people: "1,234.5" (thousands commas) or "1.234,5" / "0,5" (decimal commas).
 _THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?|[-+]?\d+(\.\d+)?")
 _DECIMAL_COMMA = re.compile(r"[-+]?\d{1,3}(\.\d{3})*(,\d+)?|[-+]?\d+(,\d+)?")
@@ -81,30 +85,75 @@ class Table:
         return [asdict(c) for c in self.columns]
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a delimited text file, sniffing the delimiter and falling back on encodings."""
-    path = Path(path)
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """Read a table as people have it, by extension: CSV/TSV (also gzipped), Parquet, Excel; ``-``: CSV on stdin."""
+    name = str(path)
+    suffix = Path(name).suffix.lower()
+    if name != "-" and suffix in PARQUET_SUFFIXES + EXCEL_SUFFIXES:
+        path = _existing_file(Path(name))
+        parquet = suffix in PARQUET_SUFFIXES
+        if parquet:
+            require("pyarrow", "parquet", "Reading Parquet files")
+        else:
+            require("openpyxl", "excel", "Reading Excel files")
+        try:
+            df = pd.read_parquet(path) if parquet else pd.read_excel(path, sheet_name=0)
+        except Exception as exc:  # each reader has its own errors for a malformed file
+            raise DataError(f"Cannot read {path}: {exc}.", f"Is it a valid {suffix} file?") from exc
+        _check_unique_names(df)
+        df.columns = [str(c).strip() for c in df.columns]
+        return df
+    if suffix == ".xls":
+        raise DataError(f"{path} is an old-style Excel file (.xls).", "Save it as .xlsx or CSV.")
+    return read_csv(path)
+
+
+def write_frame(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write predictions by the output's extension: Parquet for .parquet/.pq, tab-separated for .tsv, else CSV."""
+    suffix = Path(path).suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        require("pyarrow", "parquet", "Writing Parquet files")
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
+
+
+def _existing_file(path: Path) -> Path:
     if not path.exists():
         raise DataError(f"File not found: {path}.", "Check the path and try again.")
     if path.is_dir():
-        raise DataError(f"{path} is a folder, not a table.", "Pass the path of a CSV file.")
+        raise DataError(f"{path} is a folder, not a table.", "Pass the path of a CSV, Parquet or Excel file.")
+    return path
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a delimited text file (``-``: standard input), sniffing the delimiter and falling back on encodings."""
+    if str(path) == "-":
+        raw = sys.stdin.buffer.read()
+        return _parse_delimited("standard input", raw[:_SNIFF_BYTES], io.BytesIO(raw), tab_default=False)
+    path = _existing_file(Path(path))
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
     except OSError as exc:
         raise DataError(f"Cannot read {path}: {exc}.", "Is it a readable CSV file?") from exc
+    return _parse_delimited(str(path), head, path, tab_default=path.suffix in (".tsv", ".gz"))
+
+
+def _parse_delimited(path: str, head: bytes, source: Path | io.BytesIO, tab_default: bool) -> pd.DataFrame:
+    """``head`` is the start of ``source``; a delimiter it does not show is a tab when ``tab_default``."""
     if not head.strip():
         raise DataError(f"{path} is empty.", "Pass a CSV file with a header row and data rows.")
     if b"\x00" in head:
         raise DataError(f"{path} is a binary file, not a text table.", "Export the data as CSV first.")
     encoding = _detect_encoding(head)
     text = head.decode(encoding, errors="replace")
-    sep = _sniff_delimiter(text, path)
+    sep = _sniff_delimiter(text, tab_default)
     header = [name.strip() for name in next(csv.reader(io.StringIO(text), delimiter=sep), [])]
     _check_unique_names(pd.DataFrame(columns=header))  # pandas would rename duplicates to "a.1"
     try:
-        df = pd.read_csv(path, sep=sep, encoding=encoding, low_memory=False, skipinitialspace=True,
+        df = pd.read_csv(source, sep=sep, encoding=encoding, low_memory=False, skipinitialspace=True,
                          na_values=["?"])
     except pd.errors.ParserError as exc:
         raise DataError(
@@ -152,7 +201,7 @@ def _detect_encoding(head: bytes) -> str:
     return "latin-1"
 
 
-def _sniff_delimiter(text: str, path: Path) -> str:
+def _sniff_delimiter(text: str, tab_default: bool) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()][:50]
     if len(lines) > 1 and not text.endswith("\n"):
         lines = lines[:-1]  # the sniffed block may end mid-row
@@ -160,7 +209,7 @@ def _sniff_delimiter(text: str, path: Path) -> str:
     try:
         return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
     except csv.Error:
-        if path.suffix in (".tsv", ".gz") or "\t" in lines[0]:
+        if tab_default or "\t" in lines[0]:
             return "\t"
         return ","
 
@@ -204,9 +253,13 @@ def make_table(
     y, classes = _encode_target(y_raw, task, target)
     columns = [describe_column(X[c]) for c in X.columns]
     if not any(c.used for c in columns):
+        reasons = "; ".join(f"'{c.name}' {_refusal(X[c.name], c)}" for c in columns[:20])
+        more = f"; and {len(columns) - 20} more" if len(columns) > 20 else ""
         raise DataError(
-            "Every feature column is constant or an identifier; there is nothing to learn from.",
-            "Check that the file has informative columns.",
+            f"Every feature column is refused, so there is nothing to learn from: {reasons}{more}.",
+            "Add a column that varies between rows. An integer column named id, *_id, index, row or rowid is kept "
+            "once renamed, unless its values run consecutively; a constant, empty or unique-text column carries "
+            "nothing a model could learn.",
         )
     return Table(X, y, target, task, columns, classes, guessed, n_dropped, notes)
 
@@ -316,6 +369,20 @@ def describe_column(col: pd.Series) -> ColumnInfo:
     return ColumnInfo(name, kind, n_unique, n_missing)
 
 
+def _refusal(col: pd.Series, info: ColumnInfo) -> str:
+    """Why a column is not used, in words a person can act on."""
+    if info.n_missing == len(col):
+        return "is empty in every row"
+    if info.kind == "constant":
+        return f"is constant ({_plain(col.dropna().iloc[0])!r} in every row with a value)"
+    if not is_numeric_column(col):
+        return "has a different text in every row (an identifier)"
+    numeric = pd.to_numeric(col.dropna(), errors="coerce").to_numpy(dtype=float)
+    if np.ptp(numeric) == len(numeric) - 1:
+        return "is a running number (consecutive integers, each once)"
+    return "holds unique integers and is named like an identifier"
+
+
 def is_numeric_column(col: pd.Series) -> bool:
     if pd.api.types.is_bool_dtype(col):
         return False
@@ -342,5 +409,5 @@ def _looks_like_integer_id(name: str, values: pd.Series) -> bool:
 
 
 def read_table(path: str | Path, target: str | None = None, task: TaskKind | None = None) -> Table:
-    return make_table(read_csv(path), target=target, task=task)
+    return make_table(read_frame(path), target=target, task=task)
 

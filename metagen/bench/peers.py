@@ -39,6 +39,8 @@ class Method:
     needs: tuple[str, ...] = ()
     """Modules it imports; when one is missing the method is reported absent and skipped."""
     largest_budget_only: bool = False
+    install: str = "pip install 'metagen[peers]'"
+    """What brings ``needs`` when they are missing."""
 
 
 def _here(function: str) -> str:
@@ -58,17 +60,21 @@ METHODS = [
     Method("flaml", _here("flaml"), budgeted=True, needs=("flaml.automl.automl",)),
     Method("realmlp-td", _here("realmlp_td"), needs=("pytabkit",)),
     Method("tabm-d", _here("tabm_d"), needs=("pytabkit",)),
-    Method("autogluon", _here("autogluon"), budgeted=True, needs=("autogluon.tabular",), largest_budget_only=True),
+    Method("autogluon", _here("autogluon"), budgeted=True, needs=("autogluon.tabular",), largest_budget_only=True,
+           install="pip install autogluon.tabular"),
 ]
 
 
 def available(methods: list[Method]) -> tuple[list[Method], dict[str, str]]:
-    """Methods whose modules import here, and for the others the import error."""
+    """Methods whose modules import here, and for the others why not and what to install."""
     present, absent = [], {}
     for method in methods:
         for module in method.needs:
             try:
                 importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                absent[method.name] = f"{exc.name or module} is not installed; {method.install}"
+                break
             except Exception as exc:  # noqa: BLE001 - a broken optional install is as absent as a missing one
                 absent[method.name] = f"{type(exc).__name__}: {exc}"
                 break
@@ -129,17 +135,21 @@ def run_benchmark(
     seeds: list[int],
     csv_path: Path,
     on_record: Callable[[RunRecord, int, int], None] | None = None,
+    labels: set[str] | None = None,
 ) -> list[RunRecord]:
     """Run what ``csv_path`` does not hold yet, one process at a time; return the records of these runs.
 
     Records of other methods or budgets in the same file stay there but are not returned, so a
-    summary compares exactly the methods asked for.
+    summary compares exactly the methods asked for. ``labels`` (``metagen@5``): a method named there runs at
+    those budgets only.
     """
     budgets = sorted(budgets)
     _thread_env(config.threads)
     datasets = [(ref.name, load_table(ref).task) for ref in suite_tables(config.suite, config.split)]
     done = {r.key for r in read_records(csv_path)}
-    planned = plan(datasets, methods, budgets, seeds)
+    restricted = {label.split("@")[0] for label in labels or ()}
+    planned = [r for r in plan(datasets, methods, budgets, seeds)
+               if r.method.name not in restricted or r.label in (labels or ())]
     keys = {run_key(r.dataset, r.label, r.budget, r.seed) for r in planned}
     todo = [r for r in planned if run_key(r.dataset, r.label, r.budget, r.seed) not in done]
     for i, run in enumerate(todo, 1):
