@@ -129,7 +129,8 @@ def propose(
 ) -> None:
     """The shipped proposer's picks against a default, the static portfolio and random configurations, run live."""
     from metagen.bench.harness import plain_table, suite_tables, write_json
-    from metagen.bench.propose import bench_propose, summary
+    from metagen.bench.propose import bench_propose, strategy_rows, summary
+    from metagen.proposer import TOP_K
     from metagen.errors import MetaGenError
     from metagen.meta_model import shipped_meta_model
 
@@ -146,6 +147,7 @@ def propose(
                                                           f"default {r['default']:.3f}", highlight=False))
     mean = summary(rows)
     out.print(plain_table([shown(r) for r in rows], "normalised score per table (1 = best configuration run there)"))
-    out.print(plain_table([mean], f"mean over {len(rows)} tables ({meta.spec['proposer']['kind']} proposer)"))
+    out.print(plain_table(strategy_rows(mean), f"mean over {len(rows)} tables; the ranking proposer's top-{TOP_K} "
+                                              f"closes {mean['gap_closed_of_mean']:.0%} of the default's gap to the best"))
     if json_path is not None:
         write_json(json_path, {"suite": suite, "split": split, "rows": rows, "summary": mean})

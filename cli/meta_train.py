@@ -101,6 +101,7 @@ def meta_portfolio_command(
     import numpy as np
 
     from metagen.bench.harness import plain_table
+    from metagen.bench.propose import strategy_rows
     from metagen.families import TaskInfo, parse_families
     from metagen.meta_model import load_meta_model, save_meta_model
     from metagen.performance_table import (
@@ -111,6 +112,7 @@ def meta_portfolio_command(
         cells_for_table,
         corpus_table,
         read_cells,
+        store_table,
         write_cells,
     )
     from metagen.proposer import PortfolioProposer, RankingProposer, cross_validate, store_proposer, table_subset
@@ -160,13 +162,14 @@ def meta_portfolio_command(
         meta.spec.pop("portfolio", None)
         meta.spec.pop("portfolio_check", None)
         store_proposer(meta, proposer, check=check, check_tables=len(held), default=pool.candidates[default].to_json())
-        meta.spec["performance_table"] = {
-            "configurations": len(pool.candidates), "tables": len(table.tables), "cells": int(table.ran.sum()),
-            "per_table": chosen.per_table, "max_rows": chosen.max_rows, "max_steps": chosen.max_steps,
-            "cell_seconds": round(float(np.nansum(np.where(table.ran, table.seconds, np.nan))))}
+        store_table(meta, table, configurations=len(pool.candidates), tables=len(table.tables),
+                    cells=int(table.ran.sum()), per_table=chosen.per_table, max_rows=chosen.max_rows,
+                    max_steps=chosen.max_steps,
+                    cell_seconds=round(float(np.nansum(np.where(table.ran, table.seconds, np.nan)))))
         save_meta_model(meta, meta_model)
-    console.print(plain_table([check], f"normalised score on tables the proposers never saw ({len(held)} tables, "
-                                       "5-fold over tables, among the configurations each ran)"))
+    console.print(plain_table(strategy_rows(check), f"normalised score on tables the proposers never saw "
+                                                     f"({len(held)} tables, 5-fold over tables, among the "
+                                                     "configurations each ran)"))
     console.print(f"{winner} proposer wins; wrote it into {meta_model}")
     if table_out is not None:
         write_cells(table_out, [c for c in read_cells(sorted(cells.glob("cells-*.csv"))) if c.table in table.tables])

@@ -23,6 +23,7 @@ from typing import IO
 
 import numpy as np
 import optuna
+import torch
 
 from metagen.errors import MetaGenError
 from metagen.families import FAMILIES, Candidate, TaskInfo
@@ -284,3 +285,25 @@ class PerformanceTable:
         ran = np.array(data["ran"], dtype=bool) if "ran" in data else None
         return cls([Candidate.from_json(c) for c in data["candidates"]], list(data["tables"]),
                    arr(data["scores"]), arr(data["seconds"]), ran)
+
+
+TABLE_PREFIX = "performance_table/"
+
+
+def store_table(meta: MetaModel, table: PerformanceTable, **notes: object) -> None:
+    """The table in its compact form inside the meta-model: scores and seconds as tensors (rows: the proposer's
+    pool, in order), table names and ``notes`` in the spec."""
+    meta.extra = {k: v for k, v in meta.extra.items() if not k.startswith(TABLE_PREFIX)}
+    meta.extra.update({TABLE_PREFIX + "scores": torch.tensor(np.where(table.ran, table.scores, np.nan), dtype=torch.float32),
+                       TABLE_PREFIX + "seconds": torch.tensor(table.seconds, dtype=torch.float32),
+                       TABLE_PREFIX + "ran": torch.tensor(table.ran, dtype=torch.uint8)})
+    meta.spec["performance_table"] = {**notes, "table_names": table.tables}
+
+
+def stored_table(meta: MetaModel, candidates: list[Candidate]) -> PerformanceTable | None:
+    """The table ``store_table`` put into ``meta`` (its rows are ``candidates``, the proposer's pool), or None."""
+    if TABLE_PREFIX + "scores" not in meta.extra:
+        return None
+    get = {k[len(TABLE_PREFIX):]: v.numpy() for k, v in meta.extra.items() if k.startswith(TABLE_PREFIX)}
+    return PerformanceTable(candidates, list(meta.spec["performance_table"]["table_names"]),
+                            get["scores"].astype(float), get["seconds"].astype(float), get["ran"].astype(bool))

@@ -124,7 +124,8 @@ def _fit_column(col: pd.Series, info: ColumnInfo) -> ColumnState:
         )
     levels = pd.Series(_as_text(col.dropna())).value_counts()
     if info.kind == "boolean" or len(levels) <= MAX_ONEHOT:
-        kind = "binary" if info.kind == "boolean" and not has_missing else "onehot"
+        # A boolean column whose fitted rows show one of its two levels is one-hot, so the other stays unseen.
+        kind = "binary" if info.kind == "boolean" and not has_missing and len(levels) == 2 else "onehot"
         names = sorted(levels.index) if kind == "binary" else list(levels.index)
         return ColumnState(info.name, kind, has_missing, levels=names)
     freq = np.log((levels.to_numpy() + 1.0) / (len(col) + 1.0))

@@ -22,6 +22,7 @@ from metagen.performance_table import (
     candidate_pool,
     cells_for_table,
     read_cells,
+    stored_table,
     write_cells,
 )
 from metagen.proposer import (
@@ -229,6 +230,8 @@ def test_meta_portfolio_builds_the_table_trains_a_proposer_and_fit_tries_its_pro
     proposer = load_proposer(trained)
     assert trained.spec["performance_table"]["tables"] == 5 and trained.spec["proposer"]["check_tables"] == 5
     assert {c.family for c in proposer.pool} == {"linear", "forest"}
+    shipped = stored_table(trained, proposer.pool)  # the table itself, compact, inside the meta-model
+    assert shipped.scores.shape == (len(proposer.pool), 5) and shipped.ran.sum() == 5 * 4
 
     data = make_table(frame(90, 3, "binary", seed=9))
     fitted = fit_table(data, FitOptions(n_trials=3, families=("linear", "forest")), meta=trained)
@@ -259,3 +262,21 @@ def test_propose_and_zero_shot_fit_from_the_command_line(tmp_path: Path):
     fit = CliRunner().invoke(app, ["fit", str(csv), "-t", "target", "--time-budget", "0", "-o", str(out), "-q"])
     assert fit.exit_code == 0, fit.output
     assert out.exists() and "(1 trials" in fit.output
+
+
+def test_bench_propose_prints_every_strategy_on_unseen_tables(tmp_path: Path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    for k in range(2):
+        frame(100, 3, "binary", seed=k).to_csv(suite / f"t{k}.tsv.gz", sep="\t", index=False)
+    out = tmp_path / "propose.json"
+    run = CliRunner().invoke(app, ["bench", "propose", "--suite", str(suite), "--max-rows", "100", "--json", str(out)])
+    assert run.exit_code == 0, run.output
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2 and result["summary"]["tables"] == 2
+    for row in result["rows"]:
+        assert row["configs_run"] >= 5
+        for key in ("ranking_top1", "ranking_top5", "portfolio_top1", "default", "random_top5"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["ranking_top5"] >= row["ranking_top1"]
+    assert "static greedy portfolio" in run.output and "closes" in run.output

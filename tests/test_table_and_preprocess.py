@@ -93,3 +93,13 @@ def test_predictor_handles_reordered_and_extra_columns_and_names_missing_ones():
     assert np.array_equal(predictor.predict_proba(shuffled), base)
     with pytest.raises(SchemaError, match="Missing column.*b"):
         predictor.predict(X[["a"]])
+
+
+def test_a_boolean_column_fitted_on_rows_that_show_one_level_transforms_every_row():
+    frame = pd.DataFrame({"flag": ["yes"] * 30 + ["no"] * 30, "x": np.arange(60.0), "target": [0, 1] * 30})
+    table = make_table(frame)
+    assert [c.kind for c in table.columns if c.name == "flag"] == ["boolean"]
+    fitted = fit_preprocessor(table.X.iloc[:30], table.columns)  # only "yes" among these rows
+    out = fitted.transform(table.X)
+    assert out.shape[0] == 60 and np.isfinite(out).all()
+    assert out[0, 0] != out[45, 0]  # the flag's block: "no" is not read as "yes"

@@ -3,7 +3,7 @@
 On every table of a suite the candidates of each strategy are run live, each scored
 out-of-fold exactly as ``fit`` scores a trial (every row is predicted by a model that
 did not see it): the shipped proposer's top-1 and top-k; the static greedy portfolio's
-(built from the shipped performance table; its top-1 is the best-on-average single
+(built from the performance table inside the meta-model; its top-1 is the best-on-average single
 configuration); a fixed default (HistGradientBoosting's); and k random configurations
 of the pool. Scores are normalised per table between the worst and the best of every
 configuration run there, so ``best`` is 1 and the gap closed reads
@@ -12,35 +12,33 @@ configuration run there, so ``best`` is 1 and the gap closed reads
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from metagen.families import ALL, Candidate
 from metagen.fit import FitOptions, prepare_data, rank_proposals
 from metagen.meta_model import MetaModel
-from metagen.performance_table import PerformanceTable, candidate_key, corpus_table, read_cells, run_cell
+from metagen.performance_table import candidate_key, corpus_table, run_cell, stored_table
 from metagen.proposer import TOP_K, PortfolioProposer, Proposer, load_proposer
 from task_corpus import TableRef
 
-SHIPPED_TABLE = Path(__file__).parents[1] / "assets" / "performance-table.csv.gz"
 RANDOM_DRAWS = 5
 
 
-def static_portfolio(proposer: Proposer, table_path: Path = SHIPPED_TABLE) -> list[Candidate]:
-    """The greedy portfolio of the performance table the proposer learned from, in its greedy order."""
-    table = PerformanceTable.from_cells(read_cells([table_path]), proposer.pool)
-    static = PortfolioProposer.train(table, proposer.rows, size=TOP_K)
-    return [proposer.pool[i] for i in static.portfolio]
+def static_portfolio(meta: MetaModel, proposer: Proposer) -> list[Candidate]:
+    """The greedy portfolio of the performance table inside the meta-model, in its greedy order."""
+    table = stored_table(meta, proposer.pool)
+    if table is None:
+        raise ValueError("the meta-model holds no performance table")
+    return [proposer.pool[i] for i in PortfolioProposer.train(table, proposer.rows, size=TOP_K).portfolio]
 
 
 def bench_propose(refs: list[TableRef], meta: MetaModel, max_rows: int | None = None, seed: int = 0,
-                  table_path: Path = SHIPPED_TABLE, on_table=None) -> list[dict]:  # noqa: ANN001
+                  on_table=None) -> list[dict]:  # noqa: ANN001
     """One row per table: normalised scores of each strategy's picks (see the module docstring)."""
     proposer = load_proposer(meta)
     if proposer is None:
         raise ValueError("the meta-model holds no proposer")
-    portfolio = static_portfolio(proposer, table_path)
+    portfolio = static_portfolio(meta, proposer)
     rows = max_rows or proposer.rows
     out = []
     for ref in refs:
@@ -82,3 +80,17 @@ def summary(rows: list[dict]) -> dict:
     mean["gap_closed_of_mean"] = round((top_k - default) / (1 - default), 4) if default < 1 else 1.0
     mean["tables"] = len(rows)
     return mean
+
+
+STRATEGIES = {"ranking": "ranking proposer (task-conditioned)", "portfolio": "static greedy portfolio",
+              "default": "default (HistGradientBoosting)", "random": "random configurations"}
+
+
+def strategy_rows(mean: dict) -> list[dict]:
+    """Means as one row per strategy (top-1, best of top-k), for a table narrow enough for a terminal."""
+    rows = []
+    for key, name in STRATEGIES.items():
+        top1 = mean.get(f"{key}_top1", mean.get(key))
+        rows.append({"strategy": name, "top-1": round(float(top1), 3),
+                     f"best of top-{TOP_K}": round(float(mean.get(f"{key}_top{TOP_K}", top1)), 3)})
+    return rows
