@@ -269,23 +269,6 @@ class PerformanceTable:
         out = np.where(np.isfinite(s), (s - lo) / span, 0.0)
         return np.where(self.ran, np.nan_to_num(out, nan=0.0), np.nan)
 
-    def to_json(self) -> dict:
-        def plain(a: np.ndarray) -> list:
-            return [[None if not np.isfinite(v) else round(float(v), 5) for v in row] for row in a]
-
-        return {"candidates": [c.to_json() for c in self.candidates], "tables": self.tables,
-                "scores": plain(np.where(self.ran, self.scores, np.nan)), "seconds": plain(self.seconds),
-                "ran": self.ran.astype(int).tolist()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "PerformanceTable":
-        def arr(rows: list) -> np.ndarray:
-            return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
-
-        ran = np.array(data["ran"], dtype=bool) if "ran" in data else None
-        return cls([Candidate.from_json(c) for c in data["candidates"]], list(data["tables"]),
-                   arr(data["scores"]), arr(data["seconds"]), ran)
-
 
 TABLE_PREFIX = "performance_table/"
 

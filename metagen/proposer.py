@@ -43,7 +43,7 @@ class Proposal:
     """Predicted seconds of the trial (every fold) on this table."""
     spread: float
     """How unsure the prediction is: the spread of ``samples``."""
-    samples: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
+    samples: np.ndarray = field(repr=False)
     """Joint draws of the score (one per ensemble member, or per meta-train table), aligned across proposals,
     so that configurations a draw rates alike count as alike."""
 

@@ -124,8 +124,6 @@ def test_normalised_scores_weigh_tables_alike_failures_worst_and_not_run_unknown
     table = PerformanceTable(LINEAR, ["a", "b"], scores, np.ones_like(scores), ran)
     norm = table.normalised()
     assert np.allclose(norm[:, 0], [1.0, 0.0, 0.5]) and norm[1, 1] == 0.0 and np.isnan(norm[2, 1])
-    back = PerformanceTable.from_json(json.loads(json.dumps(table.to_json())))
-    assert np.array_equal(back.ran, ran) and np.allclose(back.normalised(), norm, equal_nan=True)
 
 
 def test_order_by_gain_starts_cheap_skips_what_cannot_finish_and_what_adds_nothing():
