@@ -115,7 +115,7 @@ def meta_portfolio_command(
         store_table,
         write_cells,
     )
-    from metagen.proposer import PortfolioProposer, RankingProposer, cross_validate, store_proposer, table_subset
+    from metagen.proposer import PortfolioProposer, RankingProposer, cross_validate, store_proposer
     from metagen.task_features import task_features
     from task_corpus import meta_train_tables, resolve_source
 
@@ -148,9 +148,9 @@ def meta_portfolio_command(
         if shard is not None:
             console.print(f"worker {index} of {count} done; cells in {cells / f'cells-{index}.csv'}")
             return
-        table = PerformanceTable.from_cells(read_cells(sorted(cells.glob("cells-*.csv"))), pool.candidates)
-        table = table_subset(table, np.flatnonzero([t in {r.name for r in order} for t in table.tables]))
         by_name = {r.name: r for r in order}
+        done = [c for c in read_cells(sorted(cells.glob("cells-*.csv"))) if c.table in by_name]
+        table = PerformanceTable.from_cells(done, pool.candidates)
         features = np.array([task_features(corpus_table(by_name[t], chosen.max_rows, seed), meta, chosen.max_rows, seed)
                              for t in table.tables])
         default = next(i for i, c in enumerate(pool.candidates) if pool.defaults[i])
@@ -172,7 +172,8 @@ def meta_portfolio_command(
                                                      "configurations each ran)"))
     console.print(f"{winner} proposer wins; wrote it into {meta_model}")
     if table_out is not None:
-        write_cells(table_out, [c for c in read_cells(sorted(cells.glob("cells-*.csv"))) if c.table in table.tables])
+        kept = set(table.tables)
+        write_cells(table_out, [c for c in done if c.table in kept])
         console.print(f"wrote the performance table to {table_out}")
 
 

@@ -29,7 +29,7 @@ from metagen.errors import MetaGenError
 from metagen.families import FAMILIES, Candidate, TaskInfo
 from metagen.fit import FitOptions, prepare_data
 from metagen.meta_model import MetaModel
-from metagen.search import TRIAL_ERRORS, TrialIncomplete, quiet_optuna, run_trial
+from metagen.search import TRIAL_ERRORS, SearchData, TrialIncomplete, quiet_optuna, run_trial
 from metagen.table import Table
 from task_corpus import TableRef, load_table
 
@@ -178,7 +178,7 @@ def write_cells(path: Path, cells: Iterable[Cell], append: bool = False) -> None
                              json.dumps(cell.candidate.config, sort_keys=True), cell.score, round(cell.seconds, 4)])
 
 
-def run_cell(data, cand: Candidate, seed: int) -> tuple[float, float]:  # noqa: ANN001 - SearchData
+def run_cell(data: SearchData, cand: Candidate, seed: int) -> tuple[float, float]:
     """(score, seconds) of one configuration scored as a ``fit`` trial; a failed or overlong run scores NaN."""
     started = time.monotonic()
     score = np.nan
@@ -257,6 +257,11 @@ class PerformanceTable:
                 j = col[c.table]
                 scores[i, j], seconds[i, j], ran[i, j] = c.score, c.seconds, True
         return cls(candidates, tables, scores, seconds, ran)
+
+    def subset(self, columns: np.ndarray) -> "PerformanceTable":
+        """The table of these tables (column indices) only."""
+        return PerformanceTable(self.candidates, [self.tables[j] for j in columns], self.scores[:, columns],
+                                self.seconds[:, columns], self.ran[:, columns])
 
     def normalised(self) -> np.ndarray:
         """Per table, 0 for the worst run candidate and 1 for the best (failures 0, not run NaN)."""

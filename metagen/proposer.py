@@ -230,8 +230,6 @@ class ConfigEncoder:
 HIDDEN = 64
 MEMBERS = 5
 LISTNET_TEMPERATURE = 0.1
-
-
 PARAMS = ("w1", "b1", "w2", "b2", "w3", "b3")
 
 
@@ -359,8 +357,6 @@ def _ranking_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 # ----- reading and writing -------------------------------------------------------------------------------------
 
 PROPOSERS: dict[str, type[Proposer]] = {cls.kind: cls for cls in (PortfolioProposer, RankingProposer)}
-
-
 PREFIX = "proposer/"
 
 
@@ -400,7 +396,7 @@ def held_out_rows(table: "PerformanceTable", features: np.ndarray, train_tables:
     are scored on (1 is the best configuration the table ran): the learned ranker's top-1
     and best-of-top-k, the static portfolio's, the default alone and k random configurations.
     """
-    train = table_subset(table, train_tables)
+    train = table.subset(train_tables)
     ranking = RankingProposer.train(train, features[train_tables], rows, seed=seed)
     portfolio = PortfolioProposer.train(train, rows)
     norm = table.normalised()
@@ -421,11 +417,6 @@ def held_out_rows(table: "PerformanceTable", features: np.ndarray, train_tables:
             f"random_top{TOP_K}": float(np.mean([got[d].max() for d in drawn])),
         })
     return out
-
-
-def table_subset(table: "PerformanceTable", columns: np.ndarray) -> "PerformanceTable":
-    return type(table)(table.candidates, [table.tables[j] for j in columns], table.scores[:, columns],
-                       table.seconds[:, columns], table.ran[:, columns])
 
 
 def cross_validate(table: "PerformanceTable", features: np.ndarray, default: int, rows: int, folds: int = 5,

@@ -40,12 +40,12 @@ def bench_propose(refs: list[TableRef], meta: MetaModel, max_rows: int | None = 
         raise ValueError("the meta-model holds no proposer")
     portfolio = static_portfolio(meta, proposer)
     rows = max_rows or proposer.rows
+    default = next(c for c in proposer.pool if c.family == "gbdt")
     out = []
     for ref in refs:
         table = corpus_table(ref, rows, seed)
         prepared = prepare_data(table, FitOptions(seed=seed, families=ALL), meta)
         ranked = [p.candidate for p in rank_proposals(table, prepared, meta, ALL, seed)]
-        default = next(c for c in proposer.pool if c.family == "gbdt")
         rng = np.random.default_rng([seed, len(out)])
         drawn = [proposer.pool[i] for i in rng.choice(len(proposer.pool), RANDOM_DRAWS, replace=False)]
         picks = {"ranking": ranked[:TOP_K], "portfolio": portfolio[:TOP_K], "default": [default], "random": drawn}
