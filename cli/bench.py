@@ -9,9 +9,10 @@ import typer
 from rich.markup import escape
 
 from metagen_cli._common import err, out, user_errors
-from metagen_cli.bench_meta import bench_ablate, bench_adapt, bench_maml
+from metagen_cli.bench_meta import bench_ablate, bench_adapt, bench_maml, bench_posterior
 
 from metagen.extras import pyplot
+from metagen.families import parse_families
 
 bench_app = typer.Typer(
     help="Benchmarks on a suite of tables (a PMLB-format folder, `sklearn` or `synthetic`); records as CSV and JSON.",
@@ -39,6 +40,8 @@ def peers(
     max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="Subsample larger training parts (test parts stay whole)."),
     test_size: float = typer.Option(0.25, "--test-size", help="Share of each table held out for scoring."),
     threads: int = typer.Option(2, "--threads", help="Threads each method may use; runs are sequential."),
+    families: Optional[str] = typer.Option(None, "--families", "-f", help="Model families for metagen's methods "
+                                           "(e.g. mlp); other methods are unaffected. Use a separate --out."),
 ) -> None:
     """Every method fits on each table's train part and is scored on its test part, one process per run.
 
@@ -63,7 +66,9 @@ def peers(
     present, absent = available(chosen)
     for name, why in absent.items():
         err.print(f"[yellow]absent:[/] {name} ({escape(why)})", highlight=False)
-    config = BenchConfig(suite, split, test_size, max_train_rows, threads)
+    with user_errors():
+        family_list = None if families is None else parse_families(families)
+    config = BenchConfig(suite, split, test_size, max_train_rows, threads, families=family_list)
 
     def report(record, i: int, total: int) -> None:
         detail = f"score {record.score:.4f}  fit {record.fit_s:.1f}s" if record.status == "ok" else record.message
@@ -74,7 +79,7 @@ def peers(
         records = run_benchmark(config, present, budget_list, list(range(seeds)), out_dir / "runs.csv", report,
                                 labels)
     rows = summarise(records)
-    title = f"peers on {suite}" + (f" ({split})" if split else "")
+    title = f"peers on {suite}" + (f" ({split})" if split else "") + (f", families {families}" if families else "")
     out.print(summary_table(rows, title))
     write_json(json_path or out_dir / "runs.json", [vars(r) for r in records])
     write_json(out_dir / "summary.json", {"suite": suite, "split": split, "budgets": budget_list,
@@ -87,6 +92,7 @@ def peers(
 bench_app.command("maml")(bench_maml)
 bench_app.command("adapt")(bench_adapt)
 bench_app.command("ablate")(bench_ablate)
+bench_app.command("posterior")(bench_posterior)
 
 
 @bench_app.command()

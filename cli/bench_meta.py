@@ -54,7 +54,7 @@ def bench_adapt(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Held-back score after K steps from the learned start versus K steps from a random init."""
-    from metagen.bench.adapt import adapt_table, summarise_adapt
+    from metagen.bench.adapt import adapt_table, adapt_verdict, summarise_adapt
     from metagen.bench.harness import plain_table, suite_tables, write_json
     from metagen.errors import MetaGenError
     from metagen.meta_model import load_meta_model, shipped_meta_model
@@ -72,7 +72,44 @@ def bench_adapt(
             records += rows
             err.print(f"{ref.name}: " + "  ".join(f"{r['init']}@{r['k']} {r['score']:.3f}" for r in rows))
     out.print(plain_table(records, f"held-back score after K steps ({member})"))
-    out.print(plain_table(summarise_adapt(records), "mean over tables"))
+    summary = summarise_adapt(records)
+    out.print(plain_table(summary, "mean over tables"))
+    out.print(plain_table([adapt_verdict(summary)], "the learned start against the random start at its best"))
+    if json_path is not None:
+        write_json(json_path, records)
+
+
+def bench_posterior(
+    suite: str = SuiteOpt,
+    split: Optional[str] = SplitOpt,
+    meta_model: Path = typer.Option(..., help="Meta-model file with a posterior member "
+                                              "(`metagen meta-train --preset posterior`)."),
+    member: Optional[str] = typer.Option(None, help="Which member (default: the first with a posterior)."),
+    members: int = typer.Option(5, help="Networks per ensemble."),
+    steps: int = typer.Option(100, help="Adam steps per network."),
+    seed: int = typer.Option(0),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Ensembles of networks adapted from samples of a learned posterior over starts, against random starts."""
+    from metagen.bench.harness import plain_table, suite_tables, write_json
+    from metagen.bench.posterior import posterior_table, summarise_posterior
+    from metagen.errors import MetaGenError
+    from metagen.meta_model import load_meta_model
+
+    with user_errors():
+        meta = load_meta_model(meta_model)
+        with_posterior = [name for name, (arch, _) in meta.members.items() if arch.posterior]
+        member = member or next(iter(with_posterior), None)
+        if member not in with_posterior:
+            raise MetaGenError(f"{meta_model} has no member with a posterior{f' named {member!r}' if member else ''}.",
+                               "Meta-train one with `metagen meta-train --preset posterior`.")
+        records = []
+        for ref in suite_tables(suite, split):
+            rows = posterior_table(ref, meta, member, members, steps, seed)
+            records += rows
+            err.print(f"{ref.name}: " + "  ".join(f"{r['ensemble']} {r['score']:.3f}" for r in rows))
+    out.print(plain_table(records, f"ensembles of {members} networks, {steps} steps each ({member})"))
+    out.print(plain_table(summarise_posterior(records), "mean over tables"))
     if json_path is not None:
         write_json(json_path, records)
 

@@ -87,6 +87,7 @@ class _MetaGenBase(BaseEstimator):
         self.leaderboard_ = pd.DataFrame(fitted.leaderboard)
         self.members_ = pd.DataFrame([{"family": m.family, "weight": m.weight, "score": m.score, "trial": m.trial}
                                       for m in fitted.members])
+        self.n_trials_ = fitted.provenance["n_trials_complete"] + fitted.provenance["n_trials_pruned"]
         return self
 
     def _predict_frame(self, X) -> pd.DataFrame:

@@ -9,6 +9,9 @@ against it (``metagen bench ablate``). Hidden layers start from meta-learned wei
 optionally modulated by FiLM from a task embedding. The head starts from the support
 set: class prototypes for classification (Proto-MAML), a closed-form ridge fit for
 regression. Every start is a plain MLP's weights, so the adapted network exports as one.
+With ``posterior`` the hidden layers and the front are a learned distribution (a mean and a
+per-weight spread, as in amortised Bayesian MAML): each seed samples a start, and networks
+adapted from several samples disagree where the table leaves the start's uncertainty.
 
 Everything is a pure function of a parameter dict, so one code path serves CPU and
 CUDA, ``torch.func.grad`` takes the inner steps, and ``torch.func.vmap`` runs a batch
@@ -36,6 +39,10 @@ N_STATS = 8
 N_PROJ = 32  # components of the canonical projection fronts (``pca`` and ``random``)
 MAX_LOG_LR = math.log(0.5)  # learned inner rates above this make meta-training diverge
 _NEG = -1e4  # logit of a padded class
+PRIOR_STD = 0.05
+"""Spread a posterior starts at, and the broad prior its KL term pulls it back to."""
+POSTERIOR_KL = 0.01
+"""Weight of the KL term per weight: without it the query loss shrinks the spread to nothing."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class MetaArch:
     """Condition the hidden layers on the task: FiLM scales and shifts from a dataset embedding."""
     meta_sgd: bool = True
     """Learn per-layer, per-step inner learning rates; off, they stay at their initial value."""
+    posterior: bool = False
+    """Learn a spread around the hidden layers and the front, so starts are sampled (a seed per sample)."""
 
     def __post_init__(self) -> None:
         if self.front not in get_args(Front):
@@ -63,7 +72,7 @@ class MetaArch:
 
     @property
     def name(self) -> str:
-        return f"d{self.depth}w{self.width}"
+        return f"d{self.depth}w{self.width}" + ("-posterior" if self.posterior else "")
 
     @property
     def embeds_columns(self) -> bool:
@@ -88,6 +97,8 @@ class TaskBatch:
     classes: Tensor  # (T, C) class mask (one column for regression)
     noise: Tensor  # (T, D, H) fixed random part of the first layer
     regression: bool
+    seed: int = 0
+    """Seeds the posterior's samples of the batch's starts, so every engine draws the same ones."""
 
     def to(self, device: torch.device | str) -> "TaskBatch":
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
@@ -129,7 +140,37 @@ def init_params(arch: MetaArch, seed: int = 0) -> Params:
     p["head.log_ridge"] = torch.tensor(0.0)
     for name in fast_names(arch):
         p[f"lr.{name}"] = torch.full((arch.inner_steps,), math.log(0.05))
+    if arch.posterior:
+        for name in sampled_names(arch):
+            p[f"post.{name}"] = torch.full_like(p[name], math.log(PRIOR_STD))
     return p
+
+
+def sampled_names(arch: MetaArch) -> list[str]:
+    """Meta-parameters a posterior samples around: the front's learned map and every hidden layer."""
+    front = ["gen.w2"] if arch.front == "generated" else ["proj.w"]
+    return front + [f"l{i}.{k}" for i in range(1, arch.depth) for k in ("w", "b")]
+
+
+def sample_noise(theta: Params, arch: MetaArch, generator: torch.Generator, tasks: int | None = None) -> Params:
+    """Standard normal draws for the posterior's sampled weights (a leading task dimension with ``tasks``)."""
+    lead = () if tasks is None else (tasks,)
+    device = theta[sampled_names(arch)[0]].device
+    return {name: torch.randn(*lead, *theta[name].shape, generator=generator).to(device)
+            for name in sampled_names(arch)} if arch.posterior else {}
+
+
+def sampled(theta: Params, arch: MetaArch, eps: Params) -> Params:
+    """The meta-parameters with the posterior's sampled weights: mean + spread * eps (reparameterised)."""
+    if not eps:
+        return theta
+    return {**theta, **{name: theta[name] + theta[f"post.{name}"].exp() * eps[name] for name in eps}}
+
+
+def posterior_kl(theta: Params, arch: MetaArch) -> Tensor:
+    """Mean KL per weight of N(mean, spread^2) from the broad prior N(mean, PRIOR_STD^2)."""
+    logs = torch.cat([theta[f"post.{name}"].reshape(-1) for name in sampled_names(arch)])
+    return (math.log(PRIOR_STD) - logs + (2 * logs).exp() / (2 * PRIOR_STD**2) - 0.5).mean()
 
 
 def fast_names(arch: MetaArch) -> list[str]:
@@ -249,6 +290,8 @@ def slice_theta(theta: Params, big: MetaArch, small: MetaArch) -> Params:
     if small.depth > big.depth or small.width > big.width or any(
             getattr(small, f) != getattr(big, f) for f in shared):
         raise ValueError(f"{small} is not a slice of {big}.")
+    if big.posterior or small.posterior:
+        raise ValueError("A posterior's spreads are not sliced; train posterior members one by one.")
     w, keep = small.width, set(fast_names(small))
     out = {}
     for key, value in theta.items():
@@ -356,22 +399,33 @@ def _one_task_meta_loss(theta: Params, arch: MetaArch, steps: int, first_order: 
     return START_WEIGHT * at_start + (1 - START_WEIGHT) * at_end
 
 
+def _batch_noise(theta: Params, arch: MetaArch, batch: TaskBatch) -> Params:
+    """One posterior sample per task of the batch, the same for every engine."""
+    return sample_noise(theta, arch, torch.Generator().manual_seed(batch.seed), tasks=batch.xs.shape[0])
+
+
+def _with_kl(loss: Tensor, theta: Params, arch: MetaArch) -> Tensor:
+    return loss + POSTERIOR_KL * posterior_kl(theta, arch) if arch.posterior else loss
+
+
 def meta_loss_vmap(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool) -> Tensor:
     """Mean query loss after ``steps`` inner steps, all tasks of the batch at once."""
 
-    def one(*tensors: Tensor) -> Tensor:
-        return _one_task_meta_loss(theta, arch, steps, first_order, batch.regression, *tensors)
+    def one(eps: Params, *tensors: Tensor) -> Tensor:
+        return _one_task_meta_loss(sampled(theta, arch, eps), arch, steps, first_order, batch.regression, *tensors)
 
-    return vmap(one)(*batch.tensors).mean()
+    return _with_kl(vmap(one)(_batch_noise(theta, arch, batch), *batch.tensors).mean(), theta, arch)
 
 
 def meta_loss_loop(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool) -> Tensor:
     """The same mean query loss, one task at a time (the reference for the batched engine)."""
+    noise = _batch_noise(theta, arch, batch)
     losses = [
-        _one_task_meta_loss(theta, arch, steps, first_order, batch.regression, *(t[i] for t in batch.tensors))
+        _one_task_meta_loss(sampled(theta, arch, {k: v[i] for k, v in noise.items()}), arch, steps, first_order,
+                            batch.regression, *(t[i] for t in batch.tensors))
         for i in range(batch.xs.shape[0])
     ]
-    return torch.stack(losses).mean()
+    return _with_kl(torch.stack(losses).mean(), theta, arch)
 
 
 def reptile_grad(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int) -> Params:
@@ -416,4 +470,4 @@ def pad_tasks(tasks: list, noise_seed: int, width: int) -> TaskBatch:
     noise = torch.randn(T, d, width, generator=torch.Generator().manual_seed(noise_seed))
     as_t = torch.from_numpy
     return TaskBatch(as_t(xs), as_t(ys), as_t(ms), as_t(xq), as_t(yq), as_t(mq), as_t(cols), as_t(classes),
-                     noise, regression)
+                     noise, regression, seed=noise_seed)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from metagen.config import NetConfig
 from metagen.errors import ModelFileError
-from metagen.maml import MetaArch, Params, inner_step, start
+from metagen.maml import MetaArch, Params, inner_step, sample_noise, sampled, start
 from metagen.network import MLP
 
 FORMAT = "metagen-meta-model"
@@ -107,6 +107,8 @@ def initial_network(meta: MetaModel, member: str, X: np.ndarray, y: np.ndarray, 
                     config: NetConfig, steps: int = 0, seed: int = 0) -> MLP:
     """The learned starting point for this table after ``steps`` Meta-SGD steps, as a plain network.
 
+    A member with a posterior gives each ``seed`` its own sampled start.
+
     The steps are the inner loop the meta-model was trained for (learned per-layer
     learning rates, full batch on up to ``SUPPORT_ROWS`` support rows). ``y`` holds
     class codes, or regression values already standardised.
@@ -119,7 +121,9 @@ def initial_network(meta: MetaModel, member: str, X: np.ndarray, y: np.ndarray, 
         return torch.from_numpy(X[rows].astype(np.float32)), ys, torch.ones(len(rows))
 
     cols, classes = torch.ones(X.shape[1]), torch.ones(n_out)
-    noise = torch.randn(X.shape[1], arch.width, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(X.shape[1], arch.width, generator=generator)
+    theta = sampled(theta, arch, sample_noise(theta, arch, generator))  # a posterior's sample; else the mean
     xs, ys, ms = tensors(support_rows(y, task, SUPPORT_ROWS, seed))
     fast = start(theta, arch, xs, ys, ms, cols, classes, noise, regression)
     # Each step sees a fresh stratified batch, so large tables are used beyond the support rows.

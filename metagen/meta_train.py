@@ -238,6 +238,9 @@ PRESETS = {
     "full": Preset((MetaArch(depth=2, width=128, front="pca", film=True),
                     MetaArch(depth=3, width=256, front="pca", film=True)),
                    MetaTrainConfig(steps=800, meta_batch=16, pool=1500, eval_every=50)),
+    # The full preset's first member as a distribution over starts (``metagen bench posterior`` measures it).
+    "posterior": Preset((MetaArch(depth=2, width=128, front="pca", film=True, posterior=True),),
+                        MetaTrainConfig(steps=800, meta_batch=16, pool=1500, eval_every=50)),
 }
 
 

@@ -43,5 +43,14 @@ def all_metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
+    """How far the top class's probability is from how often it is right, averaged over equal-width bins."""
+    confidence, right = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(float)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gaps = [abs(confidence[which == b].mean() - right[which == b].mean()) * np.mean(which == b)
+            for b in range(bins) if np.any(which == b)]
+    return float(np.sum(gaps))
+
+
 def metric_name(task: str) -> str:
     return "r2" if task == "regression" else "roc_auc"

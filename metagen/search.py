@@ -4,9 +4,11 @@ The family is the study's first parameter and each family's parameters are named
 after it, so TPE (with ``group=True``) models the conditional space. Known-good
 candidates (the meta-model's portfolio, or each family's defaults) are enqueued
 first, cheapest first; TPE takes over from there. A trial is scored as the
-validation plan says (:func:`run_trial`), reports its running score after every
-fold, and a median pruner stops trials whose folds trail. Studies live in real
-Optuna storage so a fit can be inspected and resumed.
+validation plan says (:func:`run_trial`) and reports as its family says: trees and
+linear models their running score after every fold (a median pruner stops those
+whose folds trail), networks their first fold's score at rungs of steps (successive
+halving stops those that trail after a few dozen). Studies live in real Optuna
+storage so a fit can be inspected and resumed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from metagen.errors import BudgetError, StorageError
 from metagen.families import FAMILIES, Candidate, Family, TaskInfo
 from metagen.metrics import selection_score
 from metagen.serving import Part
+from metagen.train import Watch
 from metagen.validation import ValidationPlan
 
 log = logging.getLogger(__name__)
@@ -113,9 +116,13 @@ def run_trial(
     *,
     seed: int,
     deadline: float | None = None,
-    on_fold: Callable[[int, float], None] | None = None,
+    report: Callable[[int, float], None] | None = None,
 ) -> TrialResult:
-    """Score one configuration as the plan says: out-of-bag, out-of-fold or on the holdout."""
+    """Score one configuration as the plan says: out-of-bag, out-of-fold or on the holdout.
+
+    ``report(step, score)`` hears the trial's running score (and may raise to stop it): at the family's rungs
+    of steps on the first fold, or else after each fold.
+    """
     started = time.monotonic()
     X, y, plan, info = data.views[family.view(config)], data.y, data.plan, data.info
     if family.out_of_bag:
@@ -128,16 +135,19 @@ def run_trial(
     shape = (len(y),) if info.regression else (len(y), info.n_out)
     oof = np.zeros(shape)
     parts, fold_scores, cut = [], [], False
+    rungs = family.rungs(config) if report is not None else ()
     for k, (fit_rows, valid_rows) in enumerate(plan.folds):
         if deadline is not None and time.monotonic() > deadline:
             raise TrialIncomplete(f"the deadline came after {k} of {len(plan.folds)} folds")
-        trained = family.train(X[fit_rows], y[fit_rows], config, info, seed=seed + 1000 * k, deadline=deadline)
+        watch = Watch(X[valid_rows], y[valid_rows], rungs, report) if k == 0 and rungs else None
+        trained = family.train(X[fit_rows], y[fit_rows], config, info, seed=seed + 1000 * k, deadline=deadline,
+                               watch=watch)
         oof[valid_rows] = trained.part.predict(X[valid_rows])
         parts.append(trained.part)
         cut |= trained.hit_deadline
         fold_scores.append(_finite(selection_score(info.task, y[valid_rows], oof[valid_rows])))
-        if on_fold is not None and len(plan.folds) > 1:
-            on_fold(k, float(np.mean(fold_scores)))
+        if report is not None and not rungs and len(plan.folds) > 1:
+            report(k, float(np.mean(fold_scores)))
     predictions = oof[plan.score_rows]
     score = selection_score(info.task, y[plan.score_rows], predictions)
     return TrialResult(family.name, config, _finite(score), predictions, parts, time.monotonic() - started,
@@ -159,6 +169,21 @@ def quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(previous)
 
 
+class FamilyPruner(optuna.pruners.BasePruner):
+    """Each family's trials are pruned by that family's pruner, in its own unit (folds, steps).
+
+    The units never mix: a median over folds sees only trials that reported fold steps, and successive
+    halving only trials that reached its rungs, so one study holds every family.
+    """
+
+    def __init__(self, families: tuple[str, ...] = tuple(FAMILIES)) -> None:
+        self.pruners = {name: FAMILIES[name].pruner() for name in families}
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        pruner = self.pruners.get(trial.params.get("family"))
+        return pruner is not None and pruner.prune(study, trial)
+
+
 def _sampler(seed: int) -> optuna.samplers.TPESampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # ``group``, stable in practice
@@ -171,8 +196,7 @@ def open_study(storage: str | None, study_name: str, seed: int, resume: bool) ->
     SQLite waits up to ``SQLITE_TIMEOUT`` seconds for a lock, so several fits can share one
     file; a resumed study's sampler is seeded past the trials it has, so it does not draw them again.
     """
-    # Steps are folds: a trial whose running mean over its first two folds trails the median stops.
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    pruner = FamilyPruner()
     try:
         if storage is not None and storage.startswith("sqlite"):
             storage = _sqlite_storage(storage)
@@ -238,8 +262,7 @@ def run_search(
     remaining = None if n_trials is None else max(0, n_trials - len(done))
     if not done:
         for cand in [c for c in enqueue if c.family in impl][:remaining]:
-            study.enqueue_trial(impl[cand.family].trial_params(cand.config),
-                                user_attrs={"start": cand.config.get("init", "random")}, skip_if_exists=True)
+            study.enqueue_trial(impl[cand.family].trial_params(cand.config), skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal interrupted, first_model_s
@@ -249,13 +272,13 @@ def run_search(
             trial.set_user_attr("family", family.name)
             trial.set_user_attr("config", config)
 
-            def report(fold: int, score: float) -> None:
-                trial.report(score, fold)
+            def report(step: int, score: float) -> None:
+                trial.report(score, step)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
             try:
-                result = run_trial(data, family, config, seed=seed + trial.number, deadline=deadline, on_fold=report)
+                result = run_trial(data, family, config, seed=seed + trial.number, deadline=deadline, report=report)
             except TrialIncomplete as exc:
                 raise optuna.TrialPruned(str(exc)) from None
             result.trial = trial.number

@@ -1,7 +1,10 @@
-"""Adapting a network for a number of gradient steps, scored on validation rows as it goes.
+"""Adapting a network for a number of gradient steps, watched on rows it does not train on.
 
-The search calls this once per trial; ``on_eval`` lets it prune a trial on its
-intermediate scores, and ``deadline`` makes the user's time budget a hard limit.
+The search calls this once per trial fold. A ``Watch`` scores the network on the
+fold's validation rows at given steps (the rungs of successive halving) and reports
+each score, so a trial that trails is stopped after a few dozen steps; the weights
+returned are always those after the last step, never selected on the watched rows.
+``deadline`` makes the user's time budget a hard limit.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,20 +22,24 @@ from metagen.config import NetConfig, lr_at
 from metagen.metrics import selection_score
 from metagen.network import MLP
 
-# Validation scores are taken on a grid of steps shared by all trials, so the
-# pruner compares trials at the same point of training.
-EVAL_GRID = 25
-N_EVALS = 16
 SCALE_LR_MULT = 6.0
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Rows to score the network on at ``steps``; ``report(step, score)`` may raise to stop the training."""
+
+    X: np.ndarray
+    y: np.ndarray
+    steps: tuple[int, ...]
+    report: Callable[[int, float], None]
 
 
 @dataclass
 class TrainResult:
     model: MLP
-    score: float
-    """Best validation score seen; the model holds the weights from that point."""
-    best_step: int
-    history: list[tuple[int, float]] = field(default_factory=list)
+    steps: int
+    """Steps taken: the configuration's, or fewer when the deadline came first."""
     hit_deadline: bool = False
 
 
@@ -51,30 +58,26 @@ def predict_array(model: MLP, X: np.ndarray, task: str, batch: int = 8192) -> np
 
 
 def train_network(
-    X_tr: np.ndarray,
-    y_tr: np.ndarray,
-    X_va: np.ndarray | None,
-    y_va: np.ndarray | None,
+    X: np.ndarray,
+    y: np.ndarray,
     task: str,
     n_out: int,
     config: NetConfig,
     *,
     seed: int = 0,
     deadline: float | None = None,
-    on_eval: Callable[[int, float], None] | None = None,
     init: MLP | None = None,
+    watch: Watch | None = None,
 ) -> TrainResult:
-    """Train from ``init`` (a learned starting point) or a seeded random start.
+    """Train for ``config.steps`` from ``init`` (a learned starting point) or a seeded random start.
 
-    With validation rows, keep the weights of the best validation score; without,
-    return the weights after the last step. ``y_va`` for regression is in the same
-    (standardised) units as ``y_tr``.
+    ``y`` for regression is standardised; ``watch`` rows are in the same units.
     """
     torch.manual_seed(seed)  # the random start and the dropout masks both follow the seed
     if init is not None:
         model = copy.deepcopy(init)
     else:
-        model = MLP(X_tr.shape[1], n_out, config)
+        model = MLP(X.shape[1], n_out, config)
         if task == "regression":
             torch.nn.init.zeros_(model.head.weight)
             torch.nn.init.zeros_(model.head.bias)
@@ -85,16 +88,14 @@ def train_network(
     if scale_params:
         groups.append({"params": scale_params, "lr_mult": SCALE_LR_MULT, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    Xt = torch.from_numpy(X_tr)
-    yt = torch.from_numpy(y_tr.astype(np.int64 if task != "regression" else np.float32))
+    Xt = torch.from_numpy(X)
+    yt = torch.from_numpy(y.astype(np.int64 if task != "regression" else np.float32))
     n = len(Xt)
     batch = min(config.batch_size, n)
-    eval_every = EVAL_GRID * max(1, round(config.steps / N_EVALS / EVAL_GRID))
-    best = TrainResult(copy.deepcopy(model), -np.inf, 0)
-    history: list[tuple[int, float]] = []
+    watched = set(watch.steps) if watch is not None else set()
     perm = torch.randperm(n, generator=gen)
     cursor = 0
-    hit_deadline = False
+    step, hit_deadline = 0, False
     for step in range(1, config.steps + 1):
         if cursor + batch > n:
             perm, cursor = torch.randperm(n, generator=gen), 0
@@ -112,20 +113,11 @@ def train_network(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step in watched:
+            score = selection_score(task, watch.y, predict_array(model, watch.X, task))
+            watch.report(step, float(score) if np.isfinite(score) else -np.inf)
         hit_deadline = deadline is not None and time.monotonic() > deadline
-        if X_va is not None and (step % eval_every == 0 or step == config.steps or hit_deadline):
-            score = selection_score(task, y_va, predict_array(model, X_va, task))
-            score = score if np.isfinite(score) else -np.inf
-            history.append((step, score))
-            if score > best.score:
-                best = TrainResult(copy.deepcopy(model), score, step)
-            if on_eval is not None:
-                on_eval(step, score)
         if hit_deadline:
             break
-    if config.steps == 0 or X_va is None:
-        score = -np.inf if X_va is None else selection_score(task, y_va, predict_array(model, X_va, task))
-        best = TrainResult(model, score if np.isfinite(score) else -np.inf, config.steps)
-    best.history, best.hit_deadline = history, hit_deadline
-    best.model.eval()
-    return best
+    model.eval()
+    return TrainResult(model, step, hit_deadline)

@@ -128,11 +128,12 @@ def test_fit_starts_trials_from_the_learned_init(arch, tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(120, 3)), columns=list("abc"))
     frame["target"] = (frame["a"] > 0).astype(int)
-    fitted = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=30, families=("mlp",)), meta=meta)
+    # 20 steps: below successive halving's first rung, so an untrained start cannot be stopped early
+    fitted = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=20, families=("mlp",)), meta=meta)
     starts = [row["config"]["init"] for row in fitted.leaderboard]
     assert arch.name in starts and "random" in starts
     assert fitted.predict_raw(frame[list("abc")]).shape == (120, 2)
-    no_meta = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=30, families=("mlp",), use_meta=False),
+    no_meta = fit_table(make_table(frame), FitOptions(n_trials=2, max_steps=20, families=("mlp",), use_meta=False),
                         meta=meta)
     assert {row["config"]["init"] for row in no_meta.leaderboard} == {"random"}
 

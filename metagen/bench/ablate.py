@@ -81,7 +81,7 @@ def score_variant(name: str, variant: Variant, meta: MetaModel, splits: dict[str
         models = {
             "start": initial_network(meta, arch.name, X_tr, y_tr, task, n_out, plain, steps=0, seed=seed),
             "inner": inner,
-            "inner+adam20": train_network(X_tr, y_tr, None, None, task, n_out, plain.with_(steps=ADAM_STEPS),
+            "inner+adam20": train_network(X_tr, y_tr, task, n_out, plain.with_(steps=ADAM_STEPS),
                                           seed=seed, init=inner).model,
         }
         for k, model in models.items():
@@ -95,7 +95,7 @@ def reference_scores(splits: dict[str, tuple], seed: int) -> dict[str, float]:
     config = plain_config(BASE, init="random")
     scores = {}
     for dataset, (task, X_tr, y_tr, X_te, y_te, n_out) in splits.items():
-        model = train_network(X_tr, y_tr, None, None, task, n_out, config.with_(steps=REFERENCE_STEPS),
+        model = train_network(X_tr, y_tr, task, n_out, config.with_(steps=REFERENCE_STEPS),
                               seed=seed).model
         scores[dataset] = selection_score(task, y_te, predict_array(model, X_te, task))
     return scores

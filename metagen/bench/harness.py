@@ -110,6 +110,8 @@ class RunRecord:
     predict_s: float = math.nan
     wall_s: float = math.nan  # the whole subprocess, start-up and loading included
     peak_mem_mb: float = math.nan
+    trials: float = math.nan
+    """Trials a search ran (complete and pruned), for methods that say."""
     n_train: int = 0
     n_test: int = 0
     message: str = ""
@@ -214,6 +216,7 @@ def summarise(records: list[RunRecord]) -> list[dict]:
             "avg_rank": float(group["rank"].mean()),
             "wins": int(group["win"].sum()),
             "median_fit_s": float(runs.loc[runs["ok"], "fit_s"].median()),
+            "median_trials": float(runs.loc[runs["ok"], "trials"].median()),
             "n_ok": int(runs["ok"].sum()),
             "n_failed": int((~runs["ok"]).sum()),
         })
@@ -225,7 +228,8 @@ def summary_table(rows: list[dict], title: str):  # noqa: ANN201 - a rich Table
 
     table = Table(title=title)
     heads = {"method": "method", "roc_auc": "mean ROC-AUC", "r2": "mean R²", "norm_score": "mean norm. score",
-             "avg_rank": "avg rank", "wins": "wins", "median_fit_s": "median fit s", "n_ok": "ok", "n_failed": "failed"}
+             "avg_rank": "avg rank", "wins": "wins", "median_fit_s": "median fit s", "median_trials": "median trials",
+             "n_ok": "ok", "n_failed": "failed"}
     for key, head in heads.items():
         table.add_column(head, justify="left" if key == "method" else "right", no_wrap=key == "method")
     for row in rows:

@@ -97,6 +97,8 @@ class BenchConfig:
     threads: int = 2
     timeout_slack_s: float = 60.0
     """A run is killed after budget × 3 + this (the largest budget for unbudgeted methods)."""
+    families: tuple[str, ...] | None = None
+    """Model families for the methods that take a ``families`` parameter (metagen's); None: their own."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def run_once(run: Run, config: BenchConfig, timeout: float) -> RunRecord:
     job = {
         "suite": config.suite, "split": config.split, "dataset": run.dataset, "factory": run.method.factory,
         "budget": run.budget, "seed": run.seed, "test_size": config.test_size,
-        "max_train_rows": config.max_train_rows, "threads": config.threads,
+        "max_train_rows": config.max_train_rows, "threads": config.threads, "families": config.families,
     }
     record = RunRecord(run.dataset, run.task, run.label, run.budget, run.seed, "error")
     with tempfile.TemporaryDirectory(prefix="metagen-bench-") as tmp:

@@ -36,6 +36,8 @@ def run_job(job: dict) -> dict:
     split = split_table(table, job["seed"], job["test_size"], job["max_train_rows"])
     module, function = job["factory"].split(":")
     model = getattr(importlib.import_module(module), function)(split.task, job["budget"], job["seed"], job["threads"])
+    if job.get("families") and "families" in getattr(model, "get_params", dict)():
+        model.set_params(families=list(job["families"]))
     start = time.perf_counter()
     model.fit(split.X_train, split.y_train)
     fit_s = time.perf_counter() - start
@@ -48,6 +50,7 @@ def run_job(job: dict) -> dict:
         "fit_s": fit_s,
         "predict_s": predict_s,
         "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "trials": getattr(model, "n_trials_", None),
         "n_train": len(split.y_train),
         "n_test": len(split.y_test),
     }

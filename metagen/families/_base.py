@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 
 from metagen.serving import Part
+from metagen.train import Watch
 
 if TYPE_CHECKING:
     from metagen.meta_model import MetaModel
@@ -97,8 +98,22 @@ class Family(ABC):
 
     @abstractmethod
     def train(self, X: np.ndarray, y: np.ndarray, config: dict[str, Any], info: TaskInfo, *, seed: int,
-              deadline: float | None) -> Trained:
-        """Fit on these rows; stop adding capacity (trees, steps) once ``deadline`` (monotonic) passes."""
+              deadline: float | None, watch: Watch | None = None) -> Trained:
+        """Fit on these rows; stop adding capacity (trees, steps) once ``deadline`` (monotonic) passes.
+
+        A family with ``rungs`` scores itself on the ``watch`` rows at those steps while it trains.
+        """
+
+    def rungs(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """Steps at which a trial's first fold reports its score, so the trial races others on training
+        length (successive halving); empty: the trial reports its running score after each fold instead."""
+        return ()
+
+    @classmethod
+    def pruner(cls) -> optuna.pruners.BasePruner:
+        """How the search stops this family's trials that trail: by default, on their running fold scores."""
+        # Steps are folds: a trial whose running mean over its first two folds trails the median stops.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
     def summary(self, config: dict[str, Any]) -> str:
         """The key parameters, for leaderboards."""

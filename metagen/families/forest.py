@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from metagen.families._base import Family, TaskInfo, Trained, expand_columns
+from metagen.families._base import Family, TaskInfo, Trained, Watch, expand_columns
 from metagen.families._trees import check_export, from_forest
 
 # Trees added between two looks at the clock.
@@ -47,7 +47,7 @@ class Forest(Family):
         return "ordinal"
 
     def train(self, X: np.ndarray, y: np.ndarray, config: dict[str, Any], info: TaskInfo, *, seed: int,
-              deadline: float | None) -> Trained:
+              deadline: float | None, watch: Watch | None = None) -> Trained:
         from sklearn.ensemble import (
             ExtraTreesClassifier,
             ExtraTreesRegressor,

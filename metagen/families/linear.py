@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from metagen.families._base import Family, TaskInfo, Trained
+from metagen.families._base import Family, TaskInfo, Trained, Watch
 from metagen.serving.linear import LinearPart
 
 
@@ -30,7 +30,7 @@ class Linear(Family):
         return config["scaling"]
 
     def train(self, X: np.ndarray, y: np.ndarray, config: dict[str, Any], info: TaskInfo, *, seed: int,
-              deadline: float | None) -> Trained:
+              deadline: float | None, watch: Watch | None = None) -> Trained:
         """``strength`` is ridge's alpha, and the inverse of logistic regression's C."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression, Ridge
