@@ -1,9 +1,16 @@
-"""``metagen meta-train``: rebuild the meta-model from a task corpus, on a GPU when there is one."""
+"""``metagen meta-train``: rebuild the meta-model from a task corpus, on a GPU when there is one.
+
+Both commands also run under ``torchrun --nproc-per-node N -m metagen ...``: meta-train
+splits every meta-batch over the processes, meta-portfolio gives each its shard of the
+tables; the first process alone prints and writes the meta-model.
+"""
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -12,7 +19,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from metagen.errors import MetaGenError
 from metagen_cli._common import user_errors
 
+if TYPE_CHECKING:
+    import torch
+
+    from metagen.meta_model import MetaModel
+    from metagen.meta_train import Preset
+
 console = Console(stderr=True)
+TABLE_BUILD_WAIT = timedelta(hours=48)
+"""How long, under torchrun, the first process of meta-portfolio waits for the slowest worker's cells."""
 
 
 def meta_train_command(
@@ -30,11 +45,15 @@ def meta_train_command(
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Save checkpoints here; an existing one resumes."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Meta-train the learned initializations (MAML) and write a meta-model file."""
+    """Meta-train the learned initializations (MAML) and write a meta-model file.
+
+    Under torchrun every process takes its share of each meta-batch.
+    """
     from dataclasses import replace
 
+    from metagen import distributed
     from metagen.meta_model import save_meta_model
-    from metagen.meta_train import PRESETS, build_meta_model, pick_device
+    from metagen.meta_train import PRESETS, pick_device
     from task_corpus import resolve_source
 
     with user_errors():
@@ -45,27 +64,46 @@ def meta_train_command(
         chosen = replace(chosen, train=replace(chosen.train, **changes))
         torch_device = pick_device(device)
         tables = [ref for spec in corpus for ref in resolve_source(spec)]
-        console.print(f"meta-training {len(chosen.members)} member(s) on {len(tables)} tables, device {torch_device}")
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console)
-        bars: dict[str, TaskID] = {}
-
-        def on_step(name: str, step: int, loss: float, point: dict | None) -> None:
-            if name not in bars:
-                bars[name] = progress.add_task(name, total=chosen.train.steps, note="")
-            note = None
-            if point is not None:
-                note = f"validation loss {point['val_loss']:.4f}"
-                progress.console.print(f"{name} step {step}/{chosen.train.steps}  meta-loss {loss:.4f}  {note}")
-            progress.update(bars[name], completed=step, **({} if note is None else {"note": note}))
-
-        with progress:
-            model = build_meta_model(tables, chosen, device=torch_device, seed=seed,
-                                     checkpoint_dir=checkpoint_dir, on_step=on_step)
-        save_meta_model(model, out)
+        with distributed.processes(torch_device):
+            main = distributed.is_main()
+            model = _build_with_progress(tables, chosen, torch_device, seed, checkpoint_dir)
+            if main:
+                save_meta_model(model, out)
+        if not main:
+            return
     console.print(f"wrote {out} ({model.spec['seconds']:.0f}s, {model.spec['n_tasks']} tasks "
-                  f"from {model.spec['n_tables']} tables; {model.spec['n_excluded_tables']} dev-eval tables held out)")
+                  f"from {model.spec['n_tables']} tables; {model.spec['n_excluded_tables']} dev-eval tables held out; "
+                  f"{model.spec['meta_tasks_per_second']} meta-training tasks/s in {model.spec['processes']} "
+                  "process(es))")
+
+
+def _build_with_progress(tables: list, chosen: Preset, device: torch.device, seed: int,
+                         checkpoint_dir: Path | None) -> MetaModel:
+    """``build_meta_model``, its progress shown by the first process only."""
+    from metagen import distributed
+    from metagen.meta_train import build_meta_model
+
+    main = distributed.is_main()
+    if main:
+        processes = f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+        console.print(f"meta-training {len(chosen.members)} member(s) on {len(tables)} tables, "
+                      f"device {device}{processes}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, disable=not main)
+    bars: dict[str, TaskID] = {}
+
+    def on_step(name: str, step: int, loss: float, point: dict | None) -> None:
+        if name not in bars:
+            bars[name] = progress.add_task(name, total=chosen.train.steps, note="")
+        note = None
+        if point is not None:
+            note = f"validation loss {point['val_loss']:.4f}"
+            progress.console.print(f"{name} step {step}/{chosen.train.steps}  meta-loss {loss:.4f}  {note}")
+        progress.update(bars[name], completed=step, **({} if note is None else {"note": note}))
+
+    with progress:
+        return build_meta_model(tables, chosen, device=device, seed=seed, checkpoint_dir=checkpoint_dir,
+                                on_step=on_step if main else None)
 
 
 def meta_portfolio_command(
@@ -94,12 +132,15 @@ def meta_portfolio_command(
 
     Every table runs its families' defaults and a random draw of the configuration pool,
     each scored as ``fit`` scores a trial. The cells are kept in ``--cells``, so a killed
-    build continues, and several ``--shard`` workers can share the work.
+    build continues, and several ``--shard`` workers can share the work. Under torchrun
+    each process is the worker of its rank, and the first one then trains the proposer.
     """
     from dataclasses import replace
 
     import numpy as np
+    import torch
 
+    from metagen import distributed
     from metagen.bench.harness import plain_table
     from metagen.bench.propose import strategy_rows
     from metagen.families import TaskInfo, parse_families
@@ -124,7 +165,7 @@ def meta_portfolio_command(
             raise MetaGenError(f"Unknown preset {preset!r}.", f"Use one of: {', '.join(PRESETS)}.")
         overrides = {"per_family": per_family, "per_table": per_table, "max_rows": max_rows, "max_steps": max_steps}
         chosen = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-        index, count = _parse_shard(shard)
+        index, count = _worker_shard(shard)
         meta = load_meta_model(meta_model)
         chosen_families = parse_families(families)
         kept, excluded = meta_train_tables([ref for spec in corpus for ref in resolve_source(spec)])
@@ -138,14 +179,16 @@ def meta_portfolio_command(
                       f"and copies left out)")
         cells.mkdir(parents=True, exist_ok=True)
         others = [p for p in sorted(cells.glob("cells-*.csv")) if p.name != f"cells-{index}.csv"]
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with distributed.processes(torch.device("cpu"), timeout=TABLE_BUILD_WAIT), \
+                Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                         console=console, disable=not distributed.is_main()) as progress:
             bar = progress.add_task("cells", total=sum(len(cells_for_table(pool, r.name, chosen.per_table, seed))
                                                        for r in mine))
             build_cells([(r.name, lambda r=r: corpus_table(r, chosen.max_rows, seed)) for r in mine], pool,
                         chosen.per_table, cells / f"cells-{index}.csv", also_read=others, seed=seed, meta=meta,
                         on_cell=lambda cell: progress.advance(bar))
-        if shard is not None:
+            distributed.barrier()  # under torchrun the first process trains the proposer on every worker's cells
+        if shard is not None or index > 0:
             console.print(f"worker {index} of {count} done; cells in {cells / f'cells-{index}.csv'}")
             return
         by_name = {r.name: r for r in order}
@@ -175,6 +218,18 @@ def meta_portfolio_command(
         kept = set(table.tables)
         write_cells(table_out, [c for c in done if c.table in kept])
         console.print(f"wrote the performance table to {table_out}")
+
+
+def _worker_shard(shard: str | None) -> tuple[int, int]:
+    """``--shard I/N``, or under torchrun the process's rank and the number of processes."""
+    from metagen import distributed
+
+    if not distributed.launched():
+        return _parse_shard(shard)
+    if shard is not None:
+        raise MetaGenError("--shard is for workers started by hand; under torchrun each process is the worker "
+                           "of its rank.", "Drop --shard, or run the workers without torchrun.")
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
 def _parse_shard(shard: str | None) -> tuple[int, int]:

@@ -5,6 +5,11 @@ per-task ``loop``) gives the meta-gradient; Adam updates the meta-parameters.
 Checkpoints hold the meta-parameters, Adam's state and the step, so a run resumes
 exactly. Every ``eval_every`` steps the query loss after a few inner steps on fixed
 validation tasks (the dev-eval split, never trained on) draws the meta-validation curve.
+
+Under torchrun (``metagen.distributed``) every process draws the same meta-batch and
+takes its share of the tasks; the shares' gradients are summed, weighted by task counts,
+into the whole batch's, so every process clips and steps identically. The first process
+alone reads and writes checkpoints; one process is the plain single-process run.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from metagen import distributed
 from metagen.errors import ConfigError
 from metagen.maml import (
     Algorithm,
@@ -79,14 +85,17 @@ class MetaTrainState:
     opt: torch.optim.Adam
     step: int = 0
     curve: list[dict] = field(default_factory=list)
+    tasks_trained: int = 0
+    """Tasks of the meta-batches this run trained on (all processes together; not checkpointed)."""
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The device asked for; under torchrun ``cuda`` (or ``auto`` with a GPU) is the local rank's GPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible.", "Use --device cpu or auto.")
-    return torch.device(device)
+    return distributed.local_device(torch.device(device))
 
 
 def meta_batches(tasks: list, meta_batch: int, width: int, seed: int) -> Iterator[TaskBatch]:
@@ -130,6 +139,37 @@ def meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaT
     return float(loss.detach())
 
 
+def _tasks(batch: TaskBatch, part: slice) -> TaskBatch:
+    """The tasks ``part`` of a padded batch, padding kept (padding does not change a task's loss)."""
+    return replace(batch, **{k: v[part] for k, v in vars(batch).items() if isinstance(v, torch.Tensor)})
+
+
+def shared_meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaTrainConfig,
+                         slice_arch: MetaArch | None = None) -> float:
+    """``meta_gradient`` of the whole batch, each process computing it on its share of the tasks.
+
+    Each share's gradient is of its mean loss; weighted by the share's task count and summed
+    over processes, it is the whole batch's mean. One process: the batch itself, weight 1.
+    """
+    part, weight = distributed.share(batch.xs.shape[0])
+    loss = meta_gradient(theta, arch, _tasks(batch, part), config, slice_arch)
+    grads = [v.grad for v in theta.values() if v.grad is not None]
+    for g in grads:
+        g.mul_(weight)
+    total = torch.tensor([loss * weight], device=batch.xs.device)
+    distributed.sum_over_processes([*grads, total])
+    return float(total)
+
+
+def shared_validation_loss(theta: Params, arch: MetaArch, batches: list[TaskBatch], steps: int) -> float:
+    """``validation_loss`` with the validation tasks split over the processes."""
+    part, weight = distributed.share(len(batches))
+    total = torch.tensor([validation_loss(theta, arch, batches[part], steps) * weight],
+                         device=batches[0].xs.device)
+    distributed.sum_over_processes([total])
+    return float(total)
+
+
 @torch.no_grad()
 def validation_loss(theta: Params, arch: MetaArch, batches: list[TaskBatch], steps: int) -> float:
     """Mean query loss after ``steps`` inner steps (first-order, no meta-gradient needed)."""
@@ -143,21 +183,32 @@ def new_state(arch: MetaArch, config: MetaTrainConfig, device: torch.device) -> 
     return MetaTrainState(theta, torch.optim.Adam(theta.values(), lr=config.outer_lr))
 
 
-def save_checkpoint(state: MetaTrainState, path: Path) -> None:
+def _state_tensors(state: MetaTrainState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A state as CPU tensors and string metadata: what a checkpoint holds and the first process sends."""
     tensors = {f"theta/{k}": v.detach().cpu() for k, v in state.theta.items()}
     for k, v in state.theta.items():
         for key, value in state.opt.state.get(v, {}).items():
             tensors[f"adam/{key}/{k}"] = torch.as_tensor(value).detach().cpu().reshape(v.shape if key != "step" else 1)
+    return tensors, {"step": str(state.step), "curve": json.dumps(state.curve)}
+
+
+def save_checkpoint(state: MetaTrainState, path: Path) -> None:
+    tensors, meta = _state_tensors(state)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(state.step), "curve": json.dumps(state.curve)})
+    save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
 
 
 def load_checkpoint(path: Path, arch: MetaArch, config: MetaTrainConfig, device: torch.device) -> MetaTrainState:
-    state = new_state(arch, config, device)
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    return _state_from_tensors(tensors, meta, arch, config, device)
+
+
+def _state_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], arch: MetaArch,
+                        config: MetaTrainConfig, device: torch.device) -> MetaTrainState:
+    state = new_state(arch, config, device)
     with torch.no_grad():
         for k, v in state.theta.items():
             v.copy_(tensors[f"theta/{k}"])
@@ -173,6 +224,22 @@ def load_checkpoint(path: Path, arch: MetaArch, config: MetaTrainConfig, device:
     return state
 
 
+def starting_state(arch: MetaArch, config: MetaTrainConfig, device: torch.device,
+                   checkpoint: Path | None) -> MetaTrainState:
+    """A new state, or the checkpoint's if it exists; the first process's, on every process.
+
+    Only the first process reads the checkpoint, so the others need not see its file.
+    """
+    state = None
+    if distributed.is_main():
+        fresh = checkpoint is None or not checkpoint.exists()
+        state = new_state(arch, config, device) if fresh else load_checkpoint(checkpoint, arch, config, device)
+    if distributed.world_size() == 1:
+        return state
+    tensors, meta = distributed.from_main(None if state is None else _state_tensors(state))
+    return _state_from_tensors(tensors, meta, arch, config, device)
+
+
 def meta_train(
     arch: MetaArch,
     tasks: list,
@@ -186,14 +253,13 @@ def meta_train(
 ) -> MetaTrainState:
     """Train one architecture's meta-parameters on a pool of tasks; resume from ``checkpoint`` if it exists.
 
-    With ``slices``, ``arch`` is a supernet and each step trains the next slice in turn.
+    Under torchrun every process passes the same tasks and gets the same state back; only
+    the first one writes ``checkpoint``. With ``slices``, ``arch`` is a supernet and each
+    step trains the next slice in turn.
     """
     if slices and config.algorithm == "reptile":
         raise ConfigError("Supernet slices need a meta-gradient.", "Use maml or fomaml with slices.")
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, arch, config, device)
-    else:
-        state = new_state(arch, config, device)
+    state = starting_state(arch, config, device, checkpoint)
     batches = meta_batches(tasks, config.meta_batch, arch.width, config.seed)
     for _ in range(state.step):  # the stream of batches continues where the checkpoint left it
         next(batches)
@@ -202,15 +268,16 @@ def meta_train(
         batch = next(batches).to(device)
         state.opt.zero_grad(set_to_none=True)
         slice_arch = slices[state.step % len(slices)] if slices else None
-        loss = meta_gradient(state.theta, arch, batch, config, slice_arch)
+        loss = shared_meta_gradient(state.theta, arch, batch, config, slice_arch)
         torch.nn.utils.clip_grad_norm_(list(state.theta.values()), MAX_GRAD_NORM)
         state.opt.step()
         state.step += 1
+        state.tasks_trained += batch.xs.shape[0]
         point = None
         if val and (state.step % config.eval_every == 0 or state.step == config.steps):
-            point = {"step": state.step, "val_loss": validation_loss(state.theta, arch, val, arch.inner_steps)}
+            point = {"step": state.step, "val_loss": shared_validation_loss(state.theta, arch, val, arch.inner_steps)}
             state.curve.append(point)
-        if checkpoint is not None and (point is not None or state.step == config.steps):
+        if checkpoint is not None and distributed.is_main() and (point is not None or state.step == config.steps):
             save_checkpoint(state, checkpoint)
         if on_step is not None:
             on_step(state.step, loss, point)
@@ -261,23 +328,27 @@ def build_meta_model(
     sampler_config = SamplerConfig(n_support=preset.n_support, n_query=preset.n_query,
                                    max_columns=preset.max_columns, real_share=preset.real_share)
     sampler = TaskSampler(tables, sampler_config, seed=seed)
-    pool = [sampler.sample(i) for i in range(preset.train.pool)]
+    pool = distributed.spread(sampler.sample, preset.train.pool)  # drawing is slow: each process draws a share
     val_refs = [r for r in tables if r.split == "dev-eval"]
     val_tasks = []
     if val_refs:
         val_sampler = TaskSampler(val_refs, replace(sampler_config, real_share=1.0), seed=seed + 1,
                                   exclude_split=None)
-        val_tasks = [val_sampler.sample(i) for i in range(preset.n_val_tasks)]
+        val_tasks = distributed.spread(val_sampler.sample, preset.n_val_tasks)
     members, curves = {}, {}
+    tasks_trained, train_seconds = 0, 0.0
     for arch in preset.members:
         config = replace(preset.train, seed=seed, inner_steps=arch.inner_steps)
         checkpoint = None if checkpoint_dir is None else checkpoint_dir / f"{arch.name}.ckpt.safetensors"
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        member_started = time.monotonic()
         state = meta_train(
             arch, pool, config, val_tasks=val_tasks, device=device, checkpoint=checkpoint,
             on_step=None if on_step is None else (lambda s, l, p, name=arch.name: on_step(name, s, l, p)),
         )
+        train_seconds += time.monotonic() - member_started
+        tasks_trained += state.tasks_trained
         members[arch.name] = (arch, {k: v.detach().cpu() for k, v in state.theta.items()})
         curves[arch.name] = state.curve
     spec = {
@@ -288,6 +359,8 @@ def build_meta_model(
         "n_tasks": len(pool),
         "validation_curve": curves,
         "device": str(device),
+        "processes": distributed.world_size(),
+        "meta_tasks_per_second": round(tasks_trained / train_seconds, 2) if tasks_trained else None,
         "seconds": round(time.monotonic() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
