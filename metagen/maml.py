@@ -99,15 +99,21 @@ class TaskBatch:
     regression: bool
     seed: int = 0
     """Seeds the posterior's samples of the batch's starts, so every engine draws the same ones."""
+    first: int = 0
+    """Index of the first task in the batch it was cut from: a task's sample follows it into a share."""
 
     def to(self, device: torch.device | str) -> "TaskBatch":
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         return TaskBatch(**moved)
 
+    def tasks(self, part: slice) -> "TaskBatch":
+        """The tasks ``part`` (a contiguous range), padding kept: padding does not change a task's loss."""
+        parts = {k: (v[part] if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        return TaskBatch(**{**parts, "first": self.first + (part.start or 0)})
+
     def task(self, t: int) -> "TaskBatch":
         """Task ``t`` alone, keeping a leading dimension of one."""
-        parts = {k: (v[t : t + 1] if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
-        return TaskBatch(**parts)
+        return self.tasks(slice(t, t + 1))
 
     @property
     def tensors(self) -> tuple[Tensor, ...]:
@@ -152,12 +158,12 @@ def sampled_names(arch: MetaArch) -> list[str]:
     return front + [f"l{i}.{k}" for i in range(1, arch.depth) for k in ("w", "b")]
 
 
-def sample_noise(theta: Params, arch: MetaArch, generator: torch.Generator, tasks: int | None = None) -> Params:
-    """Standard normal draws for the posterior's sampled weights (a leading task dimension with ``tasks``)."""
-    lead = () if tasks is None else (tasks,)
+def sample_noise(theta: Params, arch: MetaArch, generator: torch.Generator) -> Params:
+    """Standard normal draws for the posterior's sampled weights; none without a posterior."""
+    if not arch.posterior:
+        return {}
     device = theta[sampled_names(arch)[0]].device
-    return {name: torch.randn(*lead, *theta[name].shape, generator=generator).to(device)
-            for name in sampled_names(arch)} if arch.posterior else {}
+    return {name: torch.randn(theta[name].shape, generator=generator).to(device) for name in sampled_names(arch)}
 
 
 def sampled(theta: Params, arch: MetaArch, eps: Params) -> Params:
@@ -400,8 +406,13 @@ def _one_task_meta_loss(theta: Params, arch: MetaArch, steps: int, first_order: 
 
 
 def _batch_noise(theta: Params, arch: MetaArch, batch: TaskBatch) -> Params:
-    """One posterior sample per task of the batch, the same for every engine."""
-    return sample_noise(theta, arch, torch.Generator().manual_seed(batch.seed), tasks=batch.xs.shape[0])
+    """One posterior sample per task, from the batch's seed and the task's index: the same for every engine
+    and in every process's share of the batch."""
+    if not arch.posterior:
+        return {}
+    draws = [sample_noise(theta, arch, torch.Generator().manual_seed(batch.seed * 1_000_003 + batch.first + i))
+             for i in range(batch.xs.shape[0])]
+    return {name: torch.stack([d[name] for d in draws]) for name in draws[0]}
 
 
 def _with_kl(loss: Tensor, theta: Params, arch: MetaArch) -> Tensor:

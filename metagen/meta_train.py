@@ -139,11 +139,6 @@ def meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaT
     return float(loss.detach())
 
 
-def _tasks(batch: TaskBatch, part: slice) -> TaskBatch:
-    """The tasks ``part`` of a padded batch, padding kept (padding does not change a task's loss)."""
-    return replace(batch, **{k: v[part] for k, v in vars(batch).items() if isinstance(v, torch.Tensor)})
-
-
 def shared_meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaTrainConfig,
                          slice_arch: MetaArch | None = None) -> float:
     """``meta_gradient`` of the whole batch, each process computing it on its share of the tasks.
@@ -152,7 +147,7 @@ def shared_meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config
     over processes, it is the whole batch's mean. One process: the batch itself, weight 1.
     """
     part, weight = distributed.share(batch.xs.shape[0])
-    loss = meta_gradient(theta, arch, _tasks(batch, part), config, slice_arch)
+    loss = meta_gradient(theta, arch, batch.tasks(part), config, slice_arch)
     grads = [v.grad for v in theta.values() if v.grad is not None]
     for g in grads:
         g.mul_(weight)

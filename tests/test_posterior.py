@@ -94,3 +94,14 @@ def test_expected_calibration_error_is_zero_when_confidence_matches_accuracy():
     assert expected_calibration_error(y, honest) == pytest.approx(0.0)
     overconfident = np.tile([0.99, 0.01], (100, 1))
     assert expected_calibration_error(y, overconfident) == pytest.approx(0.24)
+
+
+def test_a_task_keeps_its_sample_in_any_share_of_the_batch(tasks):
+    """Processes of a distributed run each take a share of a batch: a task's start must not depend on the cut."""
+    theta = init_params(ARCH)
+    batch = pad_tasks(tasks[:4], 7, ARCH.width)
+    whole = meta_loss_loop(theta, ARCH, batch, 1, True) * 4
+    # each share's mean weighted by its size, as the processes combine them (the KL term then sums back to one)
+    halves = sum(meta_loss_loop(theta, ARCH, batch.tasks(part), 1, True) * 2 for part in (slice(0, 2), slice(2, 4)))
+    assert torch.allclose(whole, halves, rtol=1e-5)
+    assert not torch.allclose(whole, meta_loss_loop(theta, ARCH, replace(batch, first=1), 1, True) * 4, rtol=1e-5)
