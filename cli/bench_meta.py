@@ -21,14 +21,21 @@ def bench_maml(
     repeats: int = typer.Option(5, help="Timed repeats per row (median reported)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     compile_too: bool = typer.Option(False, "--compile", help="Add a torch.compile'd vmap row."),
+    inner_steps: str = typer.Option("5,20,100,500", help="Inner-loop lengths of the MAML / first-order / iMAML rows."),
+    inner_batch: int = typer.Option(4, help="Tasks per meta-gradient in the inner-loop-length rows."),
+    max_unrolled_steps: int = typer.Option(500, help="Skip unrolled (second- and first-order) MAML beyond this."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
-    """Meta-training throughput: batched (vmap) engine against a per-task loop, same meta-gradient."""
-    from metagen.bench.engine import bench_engines
+    """Meta-training throughput: vmap against a per-task loop; MAML, first-order and iMAML by inner-loop length."""
+    from metagen.bench.engine import bench_engines, bench_inner_steps
     from metagen.bench.harness import plain_table, suite_tables, write_json
     from metagen.meta_train import PRESETS, pick_device
+    from metagen_cli.bench import _numbers
     from task_corpus import SamplerConfig, TaskSampler
 
+    steps = _numbers(inner_steps, "--inner-steps")
+    if not steps or any(n < 1 or n != int(n) for n in steps):
+        raise typer.BadParameter("--inner-steps takes comma-separated whole numbers of steps, e.g. 5,20,100,500.")
     with user_errors():
         preset = PRESETS["small"]
         config = SamplerConfig(n_support=preset.n_support, n_query=preset.n_query, max_columns=preset.max_columns,
@@ -36,13 +43,17 @@ def bench_maml(
         tables = [] if suite == "synthetic" else suite_tables(suite, split)
         sampler = TaskSampler(tables, config, seed=0, exclude_split=None)
         tasks, i = [], 0
-        while sum(t.kind != "regression" for t in tasks) < meta_batch:
+        while sum(t.kind != "regression" for t in tasks) < max(meta_batch, inner_batch):
             tasks.append(sampler.sample(i))
             i += 1
-        rows = bench_engines(tasks, meta_batch, repeats, pick_device(device), compile_too)
-    out.print(plain_table(rows, "meta-gradient throughput (median of repeats)"))
+        torch_device = pick_device(device)
+        engines = bench_engines(tasks, meta_batch, repeats, torch_device, compile_too)
+        lengths = bench_inner_steps(tasks, inner_batch, repeats, torch_device, tuple(map(int, steps)),
+                                    max_unrolled_steps)
+    out.print(plain_table(engines, "meta-gradient throughput (median of repeats)"))
+    out.print(plain_table(lengths, "by inner-loop length: tasks per second and the autograd graph's saved memory"))
     if json_path is not None:
-        write_json(json_path, rows)
+        write_json(json_path, {"engines": engines, "inner_steps": lengths})
 
 
 def bench_adapt(

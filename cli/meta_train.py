@@ -39,7 +39,7 @@ def meta_train_command(
     out: Path = typer.Option(Path("meta-model.safetensors"), "--out", "-o", help="Meta-model file to write."),
     preset: str = typer.Option("full", help="small (minutes, for trying), full (the shipped meta-model) or posterior (a distribution over starts)."),
     steps: Optional[int] = typer.Option(None, help="Meta-steps per member (default: the preset's)."),
-    algorithm: Optional[str] = typer.Option(None, help="maml, fomaml or reptile (default: the preset's)."),
+    algorithm: Optional[str] = typer.Option(None, help="maml, fomaml, imaml or reptile (default: the preset's)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     amp: str = typer.Option("auto", help="Mixed precision: auto (bfloat16 on CUDA), bf16 or off."),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Save checkpoints here; an existing one resumes."),

@@ -17,22 +17,29 @@ Everything is a pure function of a parameter dict, so one code path serves CPU a
 CUDA, ``torch.func.grad`` takes the inner steps, and ``torch.func.vmap`` runs a batch
 of padded tasks at once. ``meta_loss_loop`` computes the same meta-gradient task by
 task; it is the reference the batched engine is tested and benchmarked against.
+
+The meta-gradient flows through the inner loop in one of two ways: unrolled (MAML,
+second or first order; its memory grows with the inner steps) or implicit (iMAML:
+the inner loop runs without a graph to the regularised solution, and a fixed number
+of conjugate-gradient steps on Hessian-vector products carry the query gradient back
+to the start, so memory stays flat however long the inner loop is).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 import numpy as np
 import torch
-from torch.func import grad, vmap
+from torch.func import grad, grad_and_value, jvp, vmap
 
 Tensor = torch.Tensor
 Params = dict[str, Tensor]
-Algorithm = Literal["maml", "fomaml", "reptile"]
+Algorithm = Literal["maml", "fomaml", "imaml", "reptile"]
 Front = Literal["generated", "pca", "random"]
 
 N_STATS = 8
@@ -43,6 +50,8 @@ PRIOR_STD = 0.05
 """Spread a posterior starts at, and the broad prior its KL term pulls it back to."""
 POSTERIOR_KL = 0.01
 """Weight of the KL term per weight: without it the query loss shrinks the spread to nothing."""
+_TINY = 1e-30  # guards the conjugate-gradient divisions once the residual is zero
+_ROUNDING = 1e-4  # iMAML's inner loop takes a step that raises its loss by less than this (relative): rounding
 
 
 @dataclass(frozen=True)
@@ -369,16 +378,20 @@ def start(theta: Params, arch: MetaArch, xs: Tensor, ys: Tensor, ms: Tensor, col
     return head_init(theta, fast, arch, xs, ys, ms, classes, regression)
 
 
+def inner_rate(theta: Params, arch: MetaArch, name: str, step: int, learned: bool) -> Tensor:
+    """Step ``step``'s learning rate for fast weight ``name`` (later steps reuse the last learned one)."""
+    log_lr = theta[f"lr.{name}"][min(step, arch.inner_steps - 1)]
+    return (log_lr if learned else log_lr.detach()).clamp(max=MAX_LOG_LR).exp()
+
+
 def inner_step(theta: Params, fast: Params, arch: MetaArch, step: int, xs: Tensor, ys: Tensor, ms: Tensor,
                classes: Tensor, regression: bool, first_order: bool) -> Params:
     """One Meta-SGD step: per-layer, per-step learned learning rates."""
     g = grad(task_loss)(fast, arch, xs, ys, ms, classes, regression)
-    k = min(step, arch.inner_steps - 1)
     new = {}
     for name, value in fast.items():
         gk = g[name].detach() if first_order else g[name]
-        log_lr = theta[f"lr.{name}"][k] if arch.meta_sgd else theta[f"lr.{name}"][k].detach()
-        new[name] = value - log_lr.clamp(max=MAX_LOG_LR).exp() * gk
+        new[name] = value - inner_rate(theta, arch, name, step, arch.meta_sgd) * gk
     return new
 
 
@@ -405,6 +418,113 @@ def _one_task_meta_loss(theta: Params, arch: MetaArch, steps: int, first_order: 
     return START_WEIGHT * at_start + (1 - START_WEIGHT) * at_end
 
 
+@dataclass(frozen=True)
+class Implicit:
+    """iMAML's inner problem, argmin_phi L_support(phi) + reg / 2 * ||phi - start||^2, and its solve."""
+
+    reg: float = 1.0
+    """lambda: how strongly the adapted weights are tied to the start (larger: shorter reach, easier solve)."""
+    cg_iters: int = 8
+    """Conjugate-gradient iterations for (I + H / lambda) v = query gradient; fixed, so it runs under vmap."""
+
+
+def _dot(a: Params, b: Params) -> Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, iters: int) -> Params:
+    """Solve ``matvec(x) = b`` by ``iters`` CG iterations, with no data-dependent Python branch.
+
+    A direction of non-positive curvature (the support loss of a ReLU network need not be
+    convex) gets a zero step instead of a sign flip, so the solve stays finite.
+    """
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r, p = b, b
+    rr = _dot(r, r)
+    for _ in range(iters):
+        ap = matvec(p)
+        pap = _dot(p, ap)
+        alpha = torch.where(pap > 0, rr / pap.clamp_min(_TINY), torch.zeros_like(pap))
+        x = {k: x[k] + alpha * p[k] for k in x}
+        r = {k: r[k] - alpha * ap[k] for k in r}
+        rr_next = _dot(r, r)
+        beta = rr_next / rr.clamp_min(_TINY)
+        p = {k: r[k] + beta * p[k] for k in r}
+        rr = rr_next
+    return x
+
+
+def implicit_query_loss(phi0: Params, support: Callable[[Params], Tensor], query: Callable[[Params], Tensor],
+                        rate: Callable[[str, int], Tensor], steps: int, implicit: Implicit) -> Tensor:
+    """The query loss at the regularised inner solution phi*, with iMAML's gradient with respect to ``phi0``.
+
+    The inner loop takes ``steps`` gradient steps on the regularised support loss from
+    phi0 without a graph. A step that raises that loss is refused and the task's step size
+    halved for good: the fixed rates cannot learn to stay below the curvature as Meta-SGD's
+    do, and without the guard a start with sharp curvature sent the loop (and meta-training)
+    to NaN. At phi*, d phi* / d phi0 =
+    (I + H / lambda)^-1 with H the support loss's Hessian, so the query gradient g reaches
+    phi0 as v = (I + H / lambda)^-1 g, solved by CG on Hessian-vector products (in float32,
+    outside mixed precision). The value returned is L_query(phi*); its gradient is
+    <v, d phi0>, through phi0's graph only.
+    """
+    anchor = {k: v.detach() for k, v in phi0.items()}
+
+    def regularised(phi: Params) -> Tensor:
+        return support(phi) + implicit.reg / 2 * sum(((phi[k] - anchor[k]) ** 2).sum() for k in phi)
+
+    phi = anchor
+    g, value = grad_and_value(regularised)(phi)
+    scale = torch.ones_like(value)
+    for step in range(steps):
+        trial = {k: phi[k] - scale * rate(k, step) * g[k] for k in phi}
+        g_trial, value_trial = grad_and_value(regularised)(trial)
+        better = value_trial <= value + _ROUNDING * value.abs()  # False for NaN as well
+        phi = {k: torch.where(better, trial[k], phi[k]) for k in phi}
+        g = {k: torch.where(better, g_trial[k], g[k]) for k in g}
+        value = torch.where(better, value_trial, value)
+        scale = torch.where(better, scale, scale / 2)
+    g_query, at_end = grad_and_value(query)(phi)
+    with _full_precision(at_end):  # the weights' own precision (float32), never bfloat16
+
+        def matvec(u: Params) -> Params:
+            hu = jvp(grad(support), (phi,), (u,))[1]
+            return {k: u[k] + hu[k] / implicit.reg for k in u}
+
+        v = conjugate_gradient(matvec, g_query, implicit.cg_iters)
+    carried = sum((v[k] * (phi0[k] - anchor[k])).sum() for k in phi0)  # value 0, gradient v
+    return at_end.detach() + carried
+
+
+def _one_task_implicit_loss(theta: Params, arch: MetaArch, steps: int, implicit: Implicit, regression: bool,
+                            xs: Tensor, ys: Tensor, ms: Tensor, xq: Tensor, yq: Tensor, mq: Tensor,
+                            cols: Tensor, classes: Tensor, noise: Tensor) -> Tensor:
+    """iMAML's counterpart of ``_one_task_meta_loss``: the inner rates stay fixed (they get no implicit gradient)."""
+    phi0 = start(theta, arch, xs, ys, ms, cols, classes, noise, regression)
+    at_start = task_loss(phi0, arch, xq, yq, mq, classes, regression)
+    at_end = implicit_query_loss(
+        phi0,
+        support=lambda phi: task_loss(phi, arch, xs, ys, ms, classes, regression),
+        query=lambda phi: task_loss(phi, arch, xq, yq, mq, classes, regression),
+        rate=lambda name, step: inner_rate(theta, arch, name, step, learned=False),
+        steps=steps, implicit=implicit,
+    )
+    return START_WEIGHT * at_start + (1 - START_WEIGHT) * at_end
+
+
+def _task_meta_loss(theta: Params, arch: MetaArch, steps: int, first_order: bool, implicit: Implicit | None,
+                    regression: bool) -> Callable[..., Tensor]:
+    """One task's meta-loss as a function of its posterior sample and its tensors: unrolled (MAML) or implicit
+    (iMAML)."""
+    def one(eps: Params, *tensors: Tensor) -> Tensor:
+        theta_t = sampled(theta, arch, eps)
+        if implicit is not None:
+            return _one_task_implicit_loss(theta_t, arch, steps, implicit, regression, *tensors)
+        return _one_task_meta_loss(theta_t, arch, steps, first_order, regression, *tensors)
+
+    return one
+
+
 def _batch_noise(theta: Params, arch: MetaArch, batch: TaskBatch) -> Params:
     """One posterior sample per task, from the batch's seed and the task's index: the same for every engine
     and in every process's share of the batch."""
@@ -419,23 +539,20 @@ def _with_kl(loss: Tensor, theta: Params, arch: MetaArch) -> Tensor:
     return loss + POSTERIOR_KL * posterior_kl(theta, arch) if arch.posterior else loss
 
 
-def meta_loss_vmap(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool) -> Tensor:
-    """Mean query loss after ``steps`` inner steps, all tasks of the batch at once."""
-
-    def one(eps: Params, *tensors: Tensor) -> Tensor:
-        return _one_task_meta_loss(sampled(theta, arch, eps), arch, steps, first_order, batch.regression, *tensors)
-
+def meta_loss_vmap(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool,
+                   implicit: Implicit | None = None) -> Tensor:
+    """Mean query loss after ``steps`` inner steps, all tasks of the batch at once (iMAML with ``implicit``)."""
+    one = _task_meta_loss(theta, arch, steps, first_order, implicit, batch.regression)
     return _with_kl(vmap(one)(_batch_noise(theta, arch, batch), *batch.tensors).mean(), theta, arch)
 
 
-def meta_loss_loop(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool) -> Tensor:
+def meta_loss_loop(theta: Params, arch: MetaArch, batch: TaskBatch, steps: int, first_order: bool,
+                   implicit: Implicit | None = None) -> Tensor:
     """The same mean query loss, one task at a time (the reference for the batched engine)."""
+    one = _task_meta_loss(theta, arch, steps, first_order, implicit, batch.regression)
     noise = _batch_noise(theta, arch, batch)
-    losses = [
-        _one_task_meta_loss(sampled(theta, arch, {k: v[i] for k, v in noise.items()}), arch, steps, first_order,
-                            batch.regression, *(t[i] for t in batch.tensors))
-        for i in range(batch.xs.shape[0])
-    ]
+    losses = [one({k: v[i] for k, v in noise.items()}, *(t[i] for t in batch.tensors))
+              for i in range(batch.xs.shape[0])]
     return _with_kl(torch.stack(losses).mean(), theta, arch)
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from metagen import distributed
 from metagen.errors import ConfigError
 from metagen.maml import (
     Algorithm,
+    Implicit,
     MetaArch,
     Params,
     TaskBatch,
@@ -56,7 +57,8 @@ class MetaTrainConfig:
     """Tasks per meta-step, all of one kind (classification or regression)."""
     inner_steps: int = 5
     algorithm: Algorithm = "fomaml"
-    """``maml`` (second order), ``fomaml`` (first order) or ``reptile``."""
+    """``maml`` (second order), ``fomaml`` (first order), ``imaml`` (implicit: for long inner loops; the
+    learned inner rates stay fixed) or ``reptile``."""
     engine: Engine = "vmap"
     outer_lr: float = 1e-3
     eval_every: int = 50
@@ -65,13 +67,20 @@ class MetaTrainConfig:
     """Tasks drawn once and reused; drawing is slower than a meta-step on small machines."""
     amp: Amp = "auto"
     """Mixed precision: ``auto`` is bfloat16 autocast on CUDA and full precision on CPU."""
+    imaml_reg: float = 1.0
+    """iMAML's lambda, the pull of the adapted weights back to the start."""
+    imaml_cg_iters: int = 8
+    """iMAML's conjugate-gradient iterations per meta-gradient."""
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ("maml", "fomaml", "reptile") or self.engine not in ("vmap", "loop"):
+        if self.algorithm not in get_args(Algorithm) or self.engine not in get_args(Engine):
             raise ConfigError(f"Unknown algorithm {self.algorithm!r} or engine {self.engine!r}.",
-                              "Use maml, fomaml or reptile, and vmap or loop.")
-        if self.amp not in ("auto", "bf16", "off"):
+                              "Use maml, fomaml, imaml or reptile, and vmap or loop.")
+        if self.amp not in get_args(Amp):
             raise ConfigError(f"Unknown mixed-precision mode {self.amp!r}.", "Use auto, bf16 or off.")
+        if not (self.imaml_reg > 0 and self.imaml_cg_iters >= 1):
+            raise ConfigError(f"iMAML needs imaml_reg > 0 and imaml_cg_iters >= 1, not {self.imaml_reg} and "
+                              f"{self.imaml_cg_iters}.", "Try imaml_reg=1.0 and imaml_cg_iters=8.")
 
     def autocast(self, device: torch.device) -> torch.autocast:
         """bfloat16 needs no loss scaling; the solves and eigendecompositions run in float32 anyway."""
@@ -129,12 +138,13 @@ def meta_gradient(theta: Params, arch: MetaArch, batch: TaskBatch, config: MetaT
             v.grad = pseudo.get(k, torch.zeros_like(v))
         return float("nan")
     loss_fn = meta_loss_vmap if config.engine == "vmap" else meta_loss_loop
+    implicit = Implicit(config.imaml_reg, config.imaml_cg_iters) if config.algorithm == "imaml" else None
     params = theta
     if slice_arch is not None:
         params, arch = slice_theta(theta, arch, slice_arch), slice_arch
         batch = replace(batch, noise=batch.noise[..., : slice_arch.width])
     with config.autocast(batch.xs.device):
-        loss = loss_fn(params, arch, batch, config.inner_steps, config.algorithm == "fomaml")
+        loss = loss_fn(params, arch, batch, config.inner_steps, config.algorithm == "fomaml", implicit)
     loss.backward()
     return float(loss.detach())
 

@@ -43,15 +43,24 @@ def test_bench_adapt_records_every_init_and_k(suite: Path, tmp_path: Path) -> No
     assert "mean over tables" in run.output and "random start at its best" in run.output
 
 
-def test_bench_maml_compares_engines(tmp_path: Path) -> None:
+def test_bench_maml_compares_engines_and_inner_loop_lengths(tmp_path: Path) -> None:
     out = tmp_path / "maml.json"
     run = CliRunner().invoke(app, ["bench", "maml", "--suite", "synthetic", "--meta-batch", "2", "--repeats", "1",
+                                   "--inner-steps", "2,6", "--inner-batch", "2", "--max-unrolled-steps", "3",
                                    "--json", str(out)])
     assert run.exit_code == 0, run.output
-    rows = json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    rows = result["engines"]
     assert {(r["engine"], r["order"]) for r in rows} >= {("loop", "first"), ("vmap", "second")}
     assert all(r["tasks_per_s"] > 0 and r["status"] == "ok" for r in rows)
     assert all(r["speedup"] == 1.0 for r in rows if r["engine"] == "loop")
+    lengths = {(r["algorithm"], r["inner_steps"]): r for r in result["inner_steps"]}
+    assert set(lengths) == {(a, k) for a in ("maml", "fomaml", "imaml") for k in (2, 6)}
+    assert lengths[("maml", 6)]["status"].startswith("skipped") and lengths[("fomaml", 6)]["tasks_per_s"] is None
+    assert lengths[("imaml", 6)]["status"] == "ok" and lengths[("imaml", 6)]["tasks_per_s"] > 0
+    assert lengths[("imaml", 2)]["graph_mb"] == lengths[("imaml", 6)]["graph_mb"] < lengths[("maml", 2)]["graph_mb"]
+    bad = CliRunner().invoke(app, ["bench", "maml", "--suite", "synthetic", "--inner-steps", "5,x"])
+    assert bad.exit_code != 0 and "--inner-steps" in bad.output
 
 
 def test_meta_train_writes_a_meta_model_the_search_can_load(suite: Path, tmp_path: Path) -> None:
@@ -65,6 +74,18 @@ def test_meta_train_writes_a_meta_model_the_search_can_load(suite: Path, tmp_pat
     assert list(meta.members) == ["d1w32"] and meta.spec["train_config"]["steps"] == 2
     bad = CliRunner().invoke(app, ["meta-train", "-c", str(suite), "--preset", "small", "--amp", "fp8"])
     assert bad.exit_code == 1 and "Unknown mixed-precision mode" in bad.output
+
+
+def test_meta_train_runs_imaml(suite: Path, tmp_path: Path) -> None:
+    from metagen.meta_model import load_meta_model
+
+    out = tmp_path / "meta.safetensors"
+    run = CliRunner().invoke(app, ["meta-train", "-c", str(suite), "--preset", "small", "--steps", "2",
+                                   "--algorithm", "imaml", "--amp", "off", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    assert load_meta_model(out).spec["train_config"]["algorithm"] == "imaml"
+    bad = CliRunner().invoke(app, ["meta-train", "-c", str(suite), "--preset", "small", "--algorithm", "implicit"])
+    assert bad.exit_code == 1 and "imaml" in bad.output
 
 
 def test_bench_ablate_scores_every_variant_against_the_random_reference(suite: Path, tmp_path: Path) -> None:
