@@ -220,10 +220,10 @@ def fit_table(
     data = prepared.search
     plan, info = data.plan, data.info
     refit_after = plan.refit or len(prepared.test_idx) > 0
-    left = options.time_budget - (time.monotonic() - start)
+    ranked = rank_proposals(table, prepared, meta, options.families, options.seed)
+    left = options.time_budget - (time.monotonic() - start)  # after the proposer: its landmarkers take time too
     reserve = max(1.0, options.time_budget * FINALIZE_RESERVE)
     search_budget = max(1.0, (left - reserve) * (REFIT_SEARCH_SHARE if refit_after else 1.0))
-    ranked = rank_proposals(table, prepared, meta, options.families, options.seed)
     if options.zero_shot:
         enqueue, n_trials = [zero_shot_pick(ranked, options.families, info)], 1
         proposals = [p for p in ranked if p.candidate == enqueue[0]]
