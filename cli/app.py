@@ -21,6 +21,7 @@ from metagen_cli.export import export_command
 from metagen_cli.meta_train import meta_portfolio_command, meta_train_command
 from metagen_cli.propose import propose_command
 from metagen_cli.report import report_command
+from metagen_cli.worker import local_workers, worker_command
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -55,10 +56,12 @@ def _study_name(output: Path, storage: str, resume: bool) -> str:
     """A new study per fit; ``--resume`` continues the newest one written for this output."""
     import optuna
 
+    from metagen.storage import make_storage
+
     stem = output.stem
     if resume:
         with contextlib.suppress(Exception):
-            names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+            names = [s.study_name for s in optuna.get_all_study_summaries(make_storage(storage))
                      if s.study_name.startswith(f"{stem}-")]
             if names:
                 return max(names)
@@ -76,8 +79,12 @@ def fit(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model file to write. Default: <data name>.metagen"),
     seed: int = typer.Option(0, help="Random seed."),
     n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Run exactly this many trials, however long they take (reproducible runs)."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL. Default: sqlite:///<output>.optuna.db"),
-    resume: bool = typer.Option(False, help="Continue the newest study for this output in --storage."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage: sqlite:///f.db, journal:///f.log or postgresql://... Default: sqlite:///<output>.optuna.db"),
+    resume: bool = typer.Option(False, help="Continue the newest study for this output (or --study) in --storage."),
+    study: Optional[str] = typer.Option(None, "--study", help="Name the study, to share it with `metagen worker` processes (elsewhere) that name it too."),
+    workers: int = typer.Option(1, "--workers", help="Processes on this machine searching the one study (this one included), one thread each."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Shared study: the folder where every worker leaves its best trials. Default: beside a SQLite or journal file."),
+    heartbeat: int = typer.Option(10, "--heartbeat", help="Shared study: seconds between a running trial's heartbeats; a trial silent for 4 of them is run again."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most gradient steps per trial."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
     no_meta: bool = typer.Option(False, "--no-meta", help="Search from each family's defaults and random starts only (the reference search)."),
@@ -92,6 +99,7 @@ def fit(
     from metagen.families import parse_families
     from metagen.fit import FitOptions, fit_table
     from metagen.model_file import save_model
+    from metagen.storage import default_artifacts
     from metagen.table import read_table
 
     with user_errors():
@@ -101,9 +109,15 @@ def fit(
             from metagen.extras import pyplot
 
             pyplot()  # a missing matplotlib is said before the fit, not after it
+        if workers < 1 or heartbeat < 1:
+            raise MetaGenError("--workers and --heartbeat must be at least 1.")
+        if workers > 1 and str(data) == "-":
+            raise MetaGenError("--workers needs a data file the workers read too, not standard input.",
+                               "Save the table to a file and pass its path.")
         table = read_table(data, target=target, task=task)  # type: ignore[arg-type]
         output = output or _default_output(data)
         storage = storage or f"sqlite:///{output.with_suffix('.optuna.db')}"
+        shared = study is not None or workers > 1  # other processes run this study's trials too
         _describe(table)
         if time_budget < 0:
             raise MetaGenError(f"--time-budget must be seconds >= 0, got {time_budget:g}.", "Pass e.g. 60, or 0 for --zero-shot.")
@@ -112,8 +126,11 @@ def fit(
         options = FitOptions(
             time_budget=max(1.0, time_budget - (time.monotonic() - started)), n_trials=n_trials, zero_shot=zero_shot,
             seed=seed, storage=storage,
-            study_name=_study_name(output, storage, resume), resume=resume, max_steps=max_steps,
+            study_name=study or _study_name(output, storage, resume), resume=resume, max_steps=max_steps,
             use_meta=not no_meta, families=parse_families(families), test_size=test_size, infer_limit=infer_limit,
+            shared=shared, heartbeat=heartbeat,
+            artifacts=(str(artifacts or default_artifacts(storage) or output.with_suffix(".artifacts"))
+                       if shared else None),
         )
         with Progress(
             TextColumn("[bold]search[/]"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -127,7 +144,8 @@ def fit(
                            description=f"trial {p.n_done} ({p.family})  best {table.metric} {_fmt(p.best_score)}"
                                        f"{first}  {p.elapsed:.0f}/{time_budget:.0f}s")
 
-            fitted = fit_table(table, options, on_progress)
+            with local_workers(workers - 1, data, storage, options.study_name):
+                fitted = fit_table(table, options, on_progress)
         save_model(fitted, output)
         if onnx is not None:
             from metagen.onnx_export import export_onnx
@@ -284,6 +302,7 @@ app.add_typer(corpus_app, name="corpus")
 app.command("meta-train")(meta_train_command)
 app.command("meta-portfolio")(meta_portfolio_command)
 app.command("propose")(propose_command)
+app.command("worker")(worker_command)
 app.add_typer(bench_app, name="bench")
 
 

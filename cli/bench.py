@@ -126,6 +126,24 @@ def predict(
 
 
 @bench_app.command()
+def storage(
+    trials: int = typer.Option(200, "--trials", help="Trivial trials per storage."),
+    postgres: Optional[str] = typer.Option(None, "--postgres", help="Also a PostgreSQL server: postgresql://user@host:port/db (a new study is made there)."),
+) -> None:
+    """Per-trial cost of the study storages (in memory, SQLite, journal file, PostgreSQL), trials that train nothing."""
+    from metagen.bench.harness import plain_table
+    from metagen.bench.storage import storage_overhead
+
+    urls = {"memory": None, "sqlite": "sqlite:///{tmp}/s.db", "journal": "journal:///{tmp}/s.log"}
+    if postgres is not None:
+        urls["postgresql"] = postgres
+    with user_errors():
+        rows = storage_overhead(trials, urls)
+    out.print(plain_table([{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+                          f"storage cost per trial: {trials} trials each, heartbeat on for RDB storages"))
+
+
+@bench_app.command()
 def propose(
     suite: str = typer.Option(..., "--suite", help="Folder of PMLB-format tables, `sklearn` or `synthetic`."),
     split: Optional[str] = typer.Option(None, "--split", help="Only tables of this manifest split, e.g. dev-eval."),

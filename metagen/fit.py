@@ -2,7 +2,10 @@
 
 Each stage is one call with plain data between; the CLI and the scikit-learn
 estimators both come through :func:`fit_table`, and a proposer or a meta-model
-is passed in rather than reached for.
+is passed in rather than reached for. With ``shared`` the fit is the coordinator of
+a study that workers (:mod:`metagen.workers`) run trials of too: it publishes what they
+need in the study (:data:`CARD`), and blends every process's best trials, read back
+from the artefact store.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import zip_longest
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +29,9 @@ from metagen.metrics import all_metrics, metric_name, selection_score
 from metagen.model import FittedModel, Member
 from metagen.preprocess import Preprocessor, fit_preprocessor
 from metagen.proposer import Proposal, load_proposer, order_by_gain
-from metagen.search import Progress, SearchData, TrialResult, open_study, quiet_optuna, run_search, run_trial
+from metagen.search import (Progress, SearchData, TrialResult, best_trials, open_study, quiet_optuna, run_search,
+                            run_trial, worker_id)
+from metagen.storage import artifact_store, default_artifacts, download_results, upload_result
 from metagen.table import Table
 from metagen.task_features import task_features
 from metagen.validation import KFOLD_MAX_ROWS, holdout, make_plan
@@ -46,6 +52,11 @@ ZERO_SHOT_SECONDS = 10.0
 INFER_BATCH = 1000
 # Rows of the reported score whose predictions the model file keeps (for the report's plots).
 SCORED_KEEP = 2000
+# The study's user attr that tells a worker what to run: the fit's options, the data's fingerprint, the deadline.
+CARD = "metagen.fit"
+# Most seconds a shared fit with a trial count waits for the trials workers are still running (a journal storage
+# cannot tell a dead worker's trial from a slow one; one that runs longer is left out).
+WAIT_FOR_WORKERS = 60.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,13 @@ class FitOptions:
     included); the ensemble is chosen among members that keep within it. None: no limit."""
     zero_shot: bool = False
     """No search: train the proposer's best quick proposal (one trial) and export it."""
+    shared: bool = False
+    """Workers (``metagen worker``) run trials of this study too: the study says what to run, running trials record
+    heartbeats, and every process uploads its best trials to ``artifacts`` for the ensemble."""
+    artifacts: str | None = None
+    """Folder of the artefact store every process of a shared study sees. None: beside the SQLite or journal file."""
+    heartbeat: int = 10
+    """Seconds between a running trial's heartbeats in a shared study (RDB storages)."""
 
     def __post_init__(self) -> None:
         if not self.time_budget > 0:
@@ -89,6 +107,16 @@ class FitOptions:
         if not 0 <= self.test_size < 0.9:
             raise ConfigError(f"test_size must be a fraction in [0, 0.9), got {self.test_size}.")
         object.__setattr__(self, "families", parse_families(self.families))
+        if self.shared:
+            if self.storage is None:
+                raise ConfigError("A study shared with workers needs a storage every process opens.",
+                                  "Pass storage='journal:///study.log' (one machine), a sqlite:/// file, "
+                                  "or postgresql://... (several machines).")
+            artifacts = self.artifacts or default_artifacts(self.storage)
+            if artifacts is None:
+                raise ConfigError(f"Where should workers put their trained trials for {self.storage}?",
+                                  "Pass artifacts (--artifacts DIR), a folder every machine sees.")
+            object.__setattr__(self, "artifacts", str(Path(artifacts).resolve()))
 
 
 @dataclass
@@ -223,7 +251,8 @@ def fit_table(
     ranked = rank_proposals(table, prepared, meta, options.families, options.seed)
     left = options.time_budget - (time.monotonic() - start)  # after the proposer: its landmarkers take time too
     reserve = max(1.0, options.time_budget * FINALIZE_RESERVE)
-    search_budget = max(1.0, (left - reserve) * (REFIT_SEARCH_SHARE if refit_after else 1.0))
+    others = reserve / 2 if options.shared else 0.0  # waiting for the workers' last trials, after the deadline
+    search_budget = max(1.0, (left - reserve - others) * (REFIT_SEARCH_SHARE if refit_after else 1.0))
     if options.zero_shot:
         enqueue, n_trials = [zero_shot_pick(ranked, options.families, info)], 1
         proposals = [p for p in ranked if p.candidate == enqueue[0]]
@@ -231,13 +260,24 @@ def fit_table(
         # With a trial count the clock must not change which trials run: no budget bounds the proposals.
         proposals = order_by_gain(ranked, math.inf if options.n_trials else search_budget, limit=MAX_PROPOSALS)
         enqueue, n_trials = first_candidates(proposals, options.families, info), options.n_trials
+    store = artifact_store(options.artifacts) if options.shared else None
     with quiet_optuna():
-        study = open_study(options.storage, options.study_name, options.seed, options.resume)
+        study = open_study(options.storage, options.study_name, options.seed, options.resume,
+                           heartbeat=options.heartbeat if options.shared else None)
+        if options.shared:
+            study.set_user_attr(CARD, _card(table, options, data, n_trials, search_budget))
         result = run_search(
             data, study, options.families, time_budget=search_budget, n_trials=n_trials, seed=options.seed,
             enqueue=enqueue, max_steps=options.max_steps, on_progress=on_progress,
+            on_kept=None if store is None else lambda trial, r: upload_result(trial, r, store),
+            wait_for_others=WAIT_FOR_WORKERS if options.shared and n_trials else others,
         )
     pool = dict(result.pool)
+    loaded: dict[int, TrialResult] = {}
+    if store is not None:  # the best trials other processes ran (or this one, before a --resume)
+        scores = {row["trial"]: (row["family"], row["score"]) for row in result.leaderboard}
+        loaded = download_results(study, store, best_trials(scores) - set(pool))
+        pool.update(loaded)
     if result.best_trial not in pool:  # the best trial ran in an earlier, resumed process: train it again
         best = result.configs[result.best_trial]
         pool[result.best_trial] = run_trial(data, FAMILIES[best.family](), best.config,
@@ -299,6 +339,8 @@ def fit_table(
         "score_source": source,
         "ensemble_score": ensemble_score,
         "members_refit_on_all_rows": n_refit,
+        "members_from_artifacts": sum(m.trial in loaded for m in fitted.members),
+        "trials_from_artifacts": len(loaded),
         "seed": options.seed,
         "time_budget": options.time_budget,
         "families": list(options.families),
@@ -319,6 +361,21 @@ def fit_table(
         "scored": _scored_sample(scored_rows, y[scored_rows], scored, options.seed),
     }
     return fitted
+
+
+def _card(table: Table, options: FitOptions, data: SearchData, n_trials: int | None, search_budget: float) -> dict:
+    """What a worker needs to run this fit's trials on its own copy of the table, and to check that it is the same."""
+    return {
+        "target": table.target, "task": table.task,
+        "options": {"families": list(options.families), "seed": options.seed, "max_steps": options.max_steps,
+                    "use_meta": options.use_meta, "kfold_max_rows": options.kfold_max_rows,
+                    "test_size": options.test_size, "n_trials": n_trials},
+        "fingerprint": data.fingerprint(),
+        "deadline": None if n_trials else time.time() + search_budget,
+        "heartbeat": options.heartbeat,
+        "artifacts": options.artifacts,
+        "coordinator": worker_id(),
+    }
 
 
 def _scored_sample(rows: np.ndarray, y: np.ndarray, pred: np.ndarray, seed: int) -> dict:

@@ -8,12 +8,17 @@ validation plan says (:func:`run_trial`) and reports as its family says: trees a
 linear models their running score after every fold (a median pruner stops those
 whose folds trail), networks their first fold's score at rungs of steps (successive
 halving stops those that trail after a few dozen). Studies live in real Optuna
-storage so a fit can be inspected and resumed.
+storage (:mod:`metagen.storage`) so a fit can be inspected, resumed, and shared by
+workers: every process runs the same :func:`run_search` on the same study, and uploads the
+trials it keeps to an artefact store so that the coordinator can blend them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,12 +28,13 @@ from typing import Any
 
 import numpy as np
 import optuna
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from metagen.errors import BudgetError, StorageError
 from metagen.families import FAMILIES, Candidate, Family, TaskInfo
 from metagen.metrics import selection_score
 from metagen.serving import Part
+from metagen.storage import STORAGE_HINT, make_storage, wait_for_running
 from metagen.train import Watch
 from metagen.validation import ValidationPlan
 
@@ -37,11 +43,10 @@ log = logging.getLogger(__name__)
 # Trials whose trained parts stay in memory for the final ensemble: the best overall, and per family.
 POOL_SIZE = 20
 POOL_PER_FAMILY = 5
-# Seconds a process waits for another one's lock on a shared SQLite study file.
-SQLITE_TIMEOUT = 120.0
-STORAGE_HINT = "For many processes on one study, use an RDB URL (postgresql://... or mysql://...) as --storage."
 # Errors that fail one trial (a diverging network, a degenerate fold) without ending the search.
 TRIAL_ERRORS = (RuntimeError, ValueError, ArithmeticError)
+# Trials that count towards a shared study's n_trials: a failed one (an error, a dead worker) is made up by another.
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 @dataclass
@@ -57,6 +62,17 @@ class SearchData:
     @property
     def y_scored(self) -> np.ndarray:
         return self.y[self.plan.score_rows]
+
+    def fingerprint(self) -> str:
+        """A digest of every array a trial reads, so a worker proves it trains on what the coordinator scores."""
+        digest = hashlib.sha256()
+        arrays = [self.y, self.plan.score_rows] + [self.views[k] for k in sorted(self.views)]
+        for rows in self.plan.folds:
+            arrays += list(rows)
+        for a in arrays:
+            digest.update(str(a.shape).encode())
+            digest.update(np.ascontiguousarray(a).tobytes())
+        return digest.hexdigest()
 
 
 @dataclass
@@ -154,6 +170,11 @@ def run_trial(
                        plan.refit, details={**trained.details, "cut_by_deadline": cut})
 
 
+def worker_id() -> str:
+    """Which process runs a trial (its user attr ``worker``): host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _finite(score: float) -> float:
     return float(score) if np.isfinite(score) else -np.inf
 
@@ -187,50 +208,46 @@ class FamilyPruner(optuna.pruners.BasePruner):
 def _sampler(seed: int) -> optuna.samplers.TPESampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # ``group``, stable in practice
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
+                                           constant_liar=True)  # workers' running trials count as bad, not free
 
 
-def open_study(storage: str | None, study_name: str, seed: int, resume: bool) -> optuna.Study:
-    """Create the study (or load it with ``resume``) in any Optuna storage URL, or in memory.
+def open_study(storage: str | None, study_name: str, seed: int, resume: bool, *,
+               heartbeat: int | None = None) -> optuna.Study:
+    """Create the study (or load it with ``resume``) in a storage URL (:func:`metagen.storage.make_storage`), or in
+    memory; ``heartbeat`` seconds let other processes find this one's trials when it dies.
 
-    SQLite waits up to ``SQLITE_TIMEOUT`` seconds for a lock, so several fits can share one
-    file; a resumed study's sampler is seeded past the trials it has, so it does not draw them again.
+    A resumed study's sampler is seeded past the trials it has, so it does not draw them again.
     """
     pruner = FamilyPruner()
     try:
-        if storage is not None and storage.startswith("sqlite"):
-            storage = _sqlite_storage(storage)
         study = optuna.create_study(
-            storage=storage, study_name=study_name, direction="maximize", sampler=_sampler(seed),
-            pruner=pruner, load_if_exists=resume,
+            storage=make_storage(storage, heartbeat), study_name=study_name, direction="maximize",
+            sampler=_sampler(seed), pruner=pruner, load_if_exists=resume,
         )
     except OperationalError as exc:
         raise StorageError(f"Cannot open the study storage: {exc.orig}.", STORAGE_HINT) from exc
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StorageError(f"The storage already has a study named {study_name!r}.",
+                           "Pass --resume to continue it, or another --study name.") from None
     if study.trials:
         study.sampler = _sampler(seed + len(study.trials))
     return study
 
 
-def _sqlite_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """Two processes that create the schema of a new SQLite file at once collide (a duplicate version row, or a
-    table that already exists); a moment later the second one finds the schema made."""
-    def open_storage() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}})
-
-    for attempt in range(attempts - 1):
-        try:
-            return open_storage()
-        except (IntegrityError, OperationalError):
-            time.sleep(0.2 * (attempt + 1))
-    return open_storage()
+def best_trials(scores: dict[int, tuple[str, float]]) -> set[int]:
+    """The trials an ensemble may use, by number from (family, score): the best ``POOL_SIZE``, and the best few of
+    every family beside them."""
+    order = sorted(scores, key=lambda n: -scores[n][1])
+    keep = set(order[:POOL_SIZE])
+    for family in {f for f, _ in scores.values()}:
+        keep |= set([n for n in order if scores[n][0] == family][:POOL_PER_FAMILY])
+    return keep
 
 
 def _keep_best(pool: dict[int, TrialResult]) -> None:
-    """Keep memory flat: the best ``POOL_SIZE`` trials, and the best few of every family beside them."""
-    order = sorted(pool, key=lambda n: -pool[n].score)
-    keep = set(order[:POOL_SIZE])
-    for family in {r.family for r in pool.values()}:
-        keep |= set([n for n in order if pool[n].family == family][:POOL_PER_FAMILY])
+    """Keep memory flat: only the trials :func:`best_trials` keeps."""
+    keep = best_trials({n: (r.family, r.score) for n, r in pool.items()})
     for n in list(pool):
         if n not in keep:
             del pool[n]
@@ -247,14 +264,20 @@ def run_search(
     enqueue: list[Candidate] = (),
     max_steps: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    on_kept: Callable[[optuna.Trial, TrialResult], None] | None = None,
+    wait_for_others: float = 0.0,
 ) -> SearchResult:
-    """Run trials until the deadline, or exactly ``n_trials`` (then the clock does not cut them).
+    """Run trials until the deadline, or until the study has ``n_trials`` finished (then the clock does not cut
+    them; trials other processes are running then still finish).
 
+    ``on_kept`` sees every trial that enters the pool, before it completes (a worker uploads it there);
+    ``wait_for_others`` is how long to wait for trials other processes are running before the result is read.
     Ctrl-C ends the search early; the result then comes from the trials finished before it.
     """
     start = time.monotonic()
     deadline = None if n_trials is not None else start + time_budget
     impl = {name: FAMILIES[name](max_steps=max_steps) for name in families}
+    worker = worker_id()
     pool: dict[int, TrialResult] = {}
     interrupted = False
     first_model_s: float | None = None
@@ -271,6 +294,7 @@ def run_search(
             config = family.suggest(trial, data.info)
             trial.set_user_attr("family", family.name)
             trial.set_user_attr("config", config)
+            trial.set_user_attr("worker", worker)
 
             def report(step: int, score: float) -> None:
                 trial.report(score, step)
@@ -286,6 +310,8 @@ def run_search(
             trial.set_user_attr("trained", result.details)
             pool[trial.number] = result
             _keep_best(pool)
+            if on_kept is not None and trial.number in pool:
+                on_kept(trial, result)
             if first_model_s is None and np.isfinite(result.score):
                 first_model_s = time.monotonic() - start
             return result.score
@@ -302,12 +328,15 @@ def run_search(
             on_progress(Progress(len(study.trials), best_score, time.monotonic() - start, time_budget,
                                  trial.user_attrs.get("family", ""), first_model_s))
 
+    # Other processes' trials count too: the study stops when it has n_trials, whoever ran them.
+    callbacks = [callback] + ([] if n_trials is None else [optuna.study.MaxTrialsCallback(n_trials, FINISHED)])
     if remaining != 0:
         try:
             study.optimize(
                 objective, n_trials=remaining, timeout=None if n_trials is not None else time_budget,
-                callbacks=[callback], catch=TRIAL_ERRORS,
+                callbacks=callbacks, catch=TRIAL_ERRORS,
             )
+            wait_for_running(study, wait_for_others)
         except KeyboardInterrupt:
             interrupted = True
         except OperationalError as exc:
