@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score, roc_auc_score
+from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score
 
 
 def roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
@@ -13,13 +14,18 @@ def roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
     instead of failing the whole score.
     """
     if proba.shape[1] == 2:
-        return float(roc_auc_score(y, proba[:, 1])) if len(np.unique(y)) == 2 else float("nan")
-    aucs = [
-        roc_auc_score(y == k, proba[:, k])
-        for k in range(proba.shape[1])
-        if 0 < np.sum(y == k) < len(y)
-    ]
+        return _auc(y == 1, proba[:, 1]) if len(np.unique(y)) == 2 else float("nan")
+    aucs = [_auc(y == k, proba[:, k]) for k in range(proba.shape[1]) if 0 < np.sum(y == k) < len(y)]
     return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic on average ranks (ties count half), as scikit-learn computes it:
+    one sort instead of a curve, which matters when ensemble selection scores thousands of blends."""
+    ranks = rankdata(score)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def selection_score(task: str, y: np.ndarray, pred: np.ndarray) -> float:

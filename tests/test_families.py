@@ -227,3 +227,18 @@ def test_families_are_parsed_with_a_clear_error():
     info = TaskInfo("binary", 2, 100, 3)
     assert all(FAMILIES[name]().defaults(info) for name in FAMILIES)
 
+
+
+@pytest.mark.parametrize("classes", [2, 7])
+def test_roc_auc_equals_scikit_learns_with_ties_and_missing_classes(classes):
+    """The rank statistic ensemble selection scores blends with must be scikit-learn's ROC-AUC exactly."""
+    from sklearn.metrics import roc_auc_score
+
+    from metagen.metrics import roc_auc
+
+    rng = np.random.default_rng(classes)
+    y = rng.integers(0, classes - 1 if classes > 2 else 2, 400)  # the last of 7 classes never occurs
+    proba = np.round(rng.dirichlet(np.ones(classes), 400), 1)  # rounded: many ties
+    expected = (roc_auc_score(y, proba[:, 1]) if classes == 2 else
+                np.mean([roc_auc_score(y == k, proba[:, k]) for k in range(classes - 1)]))
+    assert roc_auc(y, proba) == pytest.approx(expected, abs=1e-12)
