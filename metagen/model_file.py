@@ -82,7 +82,7 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(SPEC, json.dumps(spec, indent=1, default=_json_default, allow_nan=True))
+            zf.writestr(SPEC, json.dumps(spec, indent=1, default=json_default, allow_nan=True))
             zf.writestr(WEIGHTS, weights)
         os.replace(tmp, path)
     except BaseException:
@@ -91,7 +91,7 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
     return path
 
 
-def _json_default(value: object) -> object:
+def json_default(value: object) -> object:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

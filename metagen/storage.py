@@ -41,7 +41,7 @@ from safetensors.numpy import save_file
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from metagen.errors import StorageError
-from metagen.model_file import _json_default
+from metagen.model_file import json_default
 from metagen.serving import PART_KINDS, Part
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def upload_result(trial: optuna.Trial, result: TrialResult, store: FileSystemArt
               "needs_refit": result.needs_refit, "details": result.details, "parts": parts}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"trial-{trial.number}.safetensors"
-        save_file(tensors, str(path), metadata={ARTIFACT_HEADER: json.dumps(header, default=_json_default)})
+        save_file(tensors, str(path), metadata={ARTIFACT_HEADER: json.dumps(header, default=json_default)})
         try:
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
         except OSError as exc:
