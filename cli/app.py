@@ -25,6 +25,7 @@ from metagen_cli.worker import local_workers, worker_command
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
+from metagen import distributed
 from metagen.errors import MetaGenError
 
 ZERO_SHOT_BUDGET = 60.0
@@ -308,7 +309,7 @@ app.add_typer(bench_app, name="bench")
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    app()
+    distributed.run_then_exit(app)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ combines them by hand, one ``all_reduce`` for all of them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TypeVar
@@ -28,6 +30,32 @@ T = TypeVar("T")
 def launched() -> bool:
     """Whether torchrun (or anything that sets WORLD_SIZE) started several processes."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def run_then_exit(command: Callable[[], object]) -> None:
+    """Run ``command``; under torchrun, then end the process at once, skipping the interpreter's teardown.
+
+    Why: a gloo worker thread can still hold the last reference to a tensor of the last
+    collective when the interpreter tears down; freeing it then needs the GIL, and the process
+    aborts with "terminate called without an active exception" (pytorch/pytorch#190489; the
+    fix proposed upstream, PR 179291, was abandoned). By then every file is written and closed,
+    so only the streams need flushing. ``command`` may end in ``SystemExit`` (a Typer app
+    always does): its code is the process's. Other exceptions propagate as they would.
+    """
+    if not launched():
+        command()
+        return None
+    code = 0
+    try:
+        command()
+    except SystemExit as stop:
+        if stop.code is not None and not isinstance(stop.code, int):
+            print(stop.code, file=sys.stderr)
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def rank() -> int:

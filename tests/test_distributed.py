@@ -204,5 +204,16 @@ def test_one_process_takes_the_whole_batch_and_needs_no_process_group():
     assert distributed.spread(lambda i: i * i, 4) == [0, 1, 4, 9]
 
 
+@pytest.mark.parametrize(("end", "code"), [("pass", 0), ("raise SystemExit(3)", 3), ("raise SystemExit('bad')", 1)])
+def test_a_launched_process_ends_with_its_commands_exit_code_and_flushed_output(end: str, code: int):
+    script = ("import sys; from metagen import distributed\n"
+              f"def command():\n    print('written', end='')\n    {end}\n"
+              "distributed.run_then_exit(command)\nprint('not reached')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "WORLD_SIZE": "2"})
+    assert (run.returncode, run.stdout) == (code, "written")
+    assert ("bad" in run.stderr) == (code == 1)
+
+
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+    distributed.run_then_exit(lambda: _worker(Path(sys.argv[1])))

@@ -58,6 +58,14 @@ def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=make_storage(storage)).get_trials(deepcopy=False)
 
 
+def _worker_trials(storage: str, study: str, worker: subprocess.Popen, state: str) -> list[int]:
+    """The numbers of the trials in ``state`` that ``worker`` runs ([] while the study does not exist yet)."""
+    with contextlib.suppress(KeyError):
+        return [t.number for t in _trials(storage, study) if t.state == optuna.trial.TrialState[state]
+                and t.user_attrs.get("worker", "").endswith(f":{worker.pid}")]
+    return []
+
+
 # --- a PostgreSQL server of the tests' own ------------------------------------------------------------------
 
 
@@ -163,17 +171,16 @@ def test_a_killed_worker_trial_is_failed_by_its_heartbeat_and_run_again(tmp_path
     # trials (and so looks for stale ones) well after the killed trial's grace period of 4 heartbeats.
     fit = _start("fit", data, "-o", model, "--storage", postgres_url, "--study", study, "--n-trials", 20,
                  "--heartbeat", 1, "--families", "gbdt", "--artifacts", tmp_path / "art", "-q")
-    worker = _start("worker", data, "--storage", postgres_url, "--study", study)
     end, victim = time.monotonic() + 120, None
-    while victim is None:
-        assert time.monotonic() < end and worker.poll() is None and fit.poll() is None
-        with contextlib.suppress(KeyError):  # the coordinator has not created the study yet
-            running = [t for t in _trials(postgres_url, study) if t.state == optuna.trial.TrialState.RUNNING
-                       and t.user_attrs.get("worker", "").endswith(f":{worker.pid}")]
-            victim = running[0].number if running else None
-        time.sleep(0.2)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    while victim is None:  # a worker killed between two trials holds none: start another
+        worker = _start("worker", data, "--storage", postgres_url, "--study", study)
+        while not _worker_trials(postgres_url, study, worker, "RUNNING"):
+            assert time.monotonic() < end and worker.poll() is None and fit.poll() is None
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        # read after the kill: a dead worker's running trial can no longer finish, only its heartbeat can fail it
+        victim = next(iter(_worker_trials(postgres_url, study, worker, "RUNNING")), None)
     _finish(fit)
     trials = {t.number: t for t in _trials(postgres_url, study)}
     assert trials[victim].state == optuna.trial.TrialState.FAIL
