@@ -92,6 +92,8 @@ def _open_study(spec: dict, model_path: Path, storage: str | None) -> tuple[Any,
     """The fit's study, or None and why not: by default the SQLite file ``fit`` writes beside the model."""
     import optuna
 
+    from metagen.storage import journal_path, make_storage
+
     name = spec["provenance"].get("study_name")
     if storage is None:
         db = model_path.with_suffix(".optuna.db")
@@ -99,10 +101,13 @@ def _open_study(spec: dict, model_path: Path, storage: str | None) -> tuple[Any,
             return None, (f"This section needs the fit's Optuna study, and {db} is not there; "
                           "pass --storage URL if the fit wrote it elsewhere.")
         storage = f"sqlite:///{db}"
+    journal = journal_path(storage)
+    if journal is not None and not journal.is_file():  # opening it would write an empty journal there
+        return None, f"This section needs the fit's Optuna study, and the journal {journal} is not there."
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=name, storage=storage), ""
+        return optuna.load_study(study_name=name, storage=make_storage(storage)), ""
     except Exception as exc:  # noqa: BLE001 - a missing study, an unreadable file or a bad URL all mean "not at hand"
         return None, f"This section needs the fit's Optuna study '{name}', which {storage} does not give ({exc})."
     finally:

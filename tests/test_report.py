@@ -105,6 +105,22 @@ def test_fit_report_renders_with_every_plot(tmp_path: Path, kind: str) -> None:
     assert ("Held-back metrics" in text) == (kind == "binary")
 
 
+def test_report_reads_the_study_from_a_journal_file(tmp_path: Path) -> None:
+    frame = pd.read_csv(EXAMPLES / "wine.csv").head(150)
+    log = tmp_path / "study.log"
+    model, _ = _fit(tmp_path, "journal", frame, "class", "--storage", f"journal:///{log}")
+    page = tmp_path / "again.html"
+    result = CliRunner().invoke(app, ["report", str(model), "-o", str(page), "--storage", f"journal:///{log}"])
+    assert result.exit_code == 0, result.output
+    with_study = page.read_text()
+    assert "needs the fit" not in with_study
+    missing = tmp_path / "missing.log"
+    result = CliRunner().invoke(app, ["report", str(model), "-o", str(page), "--storage", f"journal:///{missing}"])
+    assert result.exit_code == 0, result.output
+    assert f"the journal {missing} is not there" in page.read_text() and not missing.exists()
+    assert page.read_text().count("<svg") < with_study.count("<svg")  # the search's plots need the study
+
+
 @needs_chromium
 def test_report_from_the_model_file_alone(tmp_path: Path) -> None:
     frame = pd.read_csv(EXAMPLES / "wine.csv").head(150)
