@@ -239,6 +239,14 @@ def test_meta_portfolio_builds_the_table_trains_a_proposer_and_fit_tries_its_pro
     assert (first["family"], first["config"]) == (proposals[0]["family"], proposals[0]["config"])
     info = TaskInfo("binary", 2, 90, 3, meta=trained)
     assert [c.family for c in first_candidates([], ("mlp", "gbdt"), info)][:2] == ["gbdt", "mlp"]  # cheap first
+    # proposals and defaults take turns, and a proposal that is a default runs once
+    extra = {"kind": "extra", "n_estimators": 300, "max_features": "sqrt", "min_samples_leaf": 1}
+    picks = [Proposal(Candidate("forest", extra), 0.9, 1.0, 0.1, np.ones(3)),
+             Proposal(Candidate("forest", {**extra, "min_samples_leaf": 5}), 0.8, 1.0, 0.1, np.ones(3)),
+             Proposal(first_candidates([], ("gbdt",), info)[0], 0.7, 1.0, 0.1, np.ones(3))]
+    queued = first_candidates(picks, ("gbdt", "forest"), info)
+    gbdt1, forest1, gbdt2, forest2 = first_candidates([], ("gbdt", "forest"), info)
+    assert queued == [picks[0].candidate, gbdt1, picks[1].candidate, forest1, gbdt2, forest2]
     zero = fit_table(data, FitOptions(zero_shot=True, families=("linear", "forest")), meta=trained)
     assert zero.provenance["n_trials_complete"] == 1 and zero.provenance["zero_shot"]
 
