@@ -89,6 +89,22 @@ def peers(
               f"{plot or out_dir / 'anytime.png'}")
 
 
+@bench_app.command()
+def compare(
+    folders: list[str] = typer.Argument(..., help="Folders `bench peers --out` wrote; LABEL=FOLDER names its "
+                                        "methods LABEL:method (e.g. before=peers-a after=peers-b)."),
+) -> None:
+    """One summary of runs from several folders, normalised together: two versions of the code side by side."""
+    from metagen.bench import summarise, summary_table
+    from metagen.bench.harness import labelled_records
+
+    with user_errors():
+        pairs = [(arg.split("=", 1)[0], Path(arg.split("=", 1)[1])) if "=" in arg else (None, Path(arg))
+                 for arg in folders]
+        rows = summarise(labelled_records(pairs))
+    out.print(summary_table(rows, "runs of " + ", ".join(folders)))
+
+
 bench_app.command("maml")(bench_maml)
 bench_app.command("adapt")(bench_adapt)
 bench_app.command("ablate")(bench_ablate)

@@ -123,3 +123,24 @@ def test_cli_writes_records_summary_and_plot(suite: Path, tmp_path: Path) -> Non
     assert [m["method"] for m in summary["methods"]] and summary["budgets"] == [5.0]
     assert len(json.loads((out / "runs.json").read_text())) == 4 and (out / "anytime.png").exists()
     assert CliRunner().invoke(app, ["bench", "peers", "--suite", str(suite), "--methods", "nope"]).exit_code == 2
+
+
+def test_compare_normalises_two_folders_runs_together(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from metagen.bench import RunRecord, append_record
+    from metagen_cli.app import app
+
+    for folder, scores in (("a", (0.7, 0.6)), ("b", (0.9, 0.8))):  # b's runs are the better ones
+        for table, score in zip(("t1", "t2"), scores):
+            append_record(tmp_path / folder / "runs.csv",
+                          RunRecord(table, "binary", "metagen@10", 10.0, 0, "ok", score=score, fit_s=9.0))
+    result = CliRunner().invoke(app, ["bench", "compare", f"before={tmp_path / 'a'}", f"after={tmp_path / 'b'}"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    cells = [[c.strip() for c in line.split("│")] for line in result.output.splitlines() if ":metagen@10" in line]
+    # mean normalised score and wins, the two folders' runs normalised against each other on each table
+    assert {row[1]: (row[4], row[6]) for row in cells} == {"before:metagen@10": ("0.000", "0"),
+                                                          "after:metagen@10": ("1.000", "2")}
+    missing = CliRunner().invoke(app, ["bench", "compare", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "has no runs.csv" in missing.output

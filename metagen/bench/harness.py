@@ -11,7 +11,7 @@ import csv
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +221,21 @@ def summarise(records: list[RunRecord]) -> list[dict]:
             "n_failed": int((~runs["ok"]).sum()),
         })
     return sorted(rows, key=lambda r: -r["norm_score"])
+
+
+def labelled_records(folders: list[tuple[str | None, Path]]) -> list[RunRecord]:
+    """The runs of several ``runs.csv`` folders as one list; a labelled folder's methods become ``label:method``.
+
+    Why: two copies of the code (before and after a change) write the same method names; labels keep them apart
+    so that one summary normalises them against each other, as runs of one benchmark.
+    """
+    records = []
+    for label, folder in folders:
+        path = folder / "runs.csv"
+        if not path.is_file():
+            raise DataError(f"{folder} has no runs.csv.", "Give folders that `metagen bench peers --out` wrote.")
+        records += [replace(r, method=f"{label}:{r.method}") if label else r for r in read_records(path)]
+    return records
 
 
 def summary_table(rows: list[dict], title: str):  # noqa: ANN201 - a rich Table
