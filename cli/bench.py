@@ -93,16 +93,22 @@ def peers(
 def compare(
     folders: list[str] = typer.Argument(..., help="Folders `bench peers --out` wrote; LABEL=FOLDER names its "
                                         "methods LABEL:method (e.g. before=peers-a after=peers-b)."),
+    against: list[str] = typer.Option([], "--against", help="Also count, per method, the tables where it is "
+                                      "ahead of, level with or behind this method (repeatable)."),
 ) -> None:
     """One summary of runs from several folders, normalised together: two versions of the code side by side."""
     from metagen.bench import summarise, summary_table
-    from metagen.bench.harness import labelled_records
+    from metagen.bench.harness import head_to_head, labelled_records, plain_table
 
     with user_errors():
         pairs = [(arg.split("=", 1)[0], Path(arg.split("=", 1)[1])) if "=" in arg else (None, Path(arg))
                  for arg in folders]
-        rows = summarise(labelled_records(pairs))
+        records = labelled_records(pairs)
+        rows = summarise(records)
+        counts = [row for reference in against for row in head_to_head(records, reference)]
     out.print(summary_table(rows, "runs of " + ", ".join(folders)))
+    if counts:
+        out.print(plain_table(counts, "tables ahead / level (within 1e-4) / behind"))
 
 
 bench_app.command("maml")(bench_maml)

@@ -142,5 +142,11 @@ def test_compare_normalises_two_folders_runs_together(tmp_path: Path) -> None:
     # mean normalised score and wins, the two folders' runs normalised against each other on each table
     assert {row[1]: (row[4], row[6]) for row in cells} == {"before:metagen@10": ("0.000", "0"),
                                                           "after:metagen@10": ("1.000", "2")}
+    result = CliRunner().invoke(app, ["bench", "compare", f"before={tmp_path / 'a'}", f"after={tmp_path / 'b'}",
+                                      "--against", "before:metagen@10"], env={"COLUMNS": "200"})
+    counts = [[c.strip() for c in line.split("│")] for line in result.output.splitlines() if "after:metagen" in line]
+    assert result.exit_code == 0 and counts[-1][1:-1] == ["after:metagen@10", "before:metagen@10", "2", "0", "0"]
+    unknown = CliRunner().invoke(app, ["bench", "compare", str(tmp_path / "a"), "--against", "nope@10"])
+    assert unknown.exit_code == 1 and "No finished runs of 'nope@10'" in unknown.output
     missing = CliRunner().invoke(app, ["bench", "compare", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "has no runs.csv" in missing.output

@@ -238,6 +238,23 @@ def labelled_records(folders: list[tuple[str | None, Path]]) -> list[RunRecord]:
     return records
 
 
+def head_to_head(records: list[RunRecord], reference: str, tie: float = 1e-4) -> list[dict]:
+    """Per method, the tables where its score (mean over seeds) is above, within ``tie`` of, or below
+    ``reference``'s; tables either did not finish are left out. Why: a mean of normalised scores can hide
+    whether one method leads on many tables or on a few by much."""
+    frame = pd.DataFrame([asdict(r) for r in records if r.status == "ok"])
+    if frame.empty or reference not in set(frame["method"]):
+        raise DataError(f"No finished runs of {reference!r} to compare against.",
+                        "Name a method of the summary, as it is printed (label:method@budget).")
+    scores = frame.pivot_table(index="dataset", columns="method", values="score", aggfunc="mean")
+    rows = []
+    for method in scores.columns.drop(reference):
+        diff = (scores[method] - scores[reference]).dropna()
+        rows.append({"method": method, "against": reference, "ahead": int((diff > tie).sum()),
+                     "level": int((diff.abs() <= tie).sum()), "behind": int((diff < -tie).sum())})
+    return rows
+
+
 def summary_table(rows: list[dict], title: str):  # noqa: ANN201 - a rich Table
     from rich.table import Table
 
