@@ -44,7 +44,7 @@ def run_then_exit(command: Callable[[], object]) -> None:
     """
     if not launched():
         command()
-        return None
+        return
     code = 0
     try:
         command()
