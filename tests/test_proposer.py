@@ -247,6 +247,8 @@ def test_meta_portfolio_builds_the_table_trains_a_proposer_and_fit_tries_its_pro
     queued = first_candidates(picks, ("gbdt", "forest"), info)
     gbdt1, forest1, gbdt2, forest2 = first_candidates([], ("gbdt", "forest"), info)
     assert queued == [picks[0].candidate, gbdt1, picks[1].candidate, forest1, gbdt2, forest2]
+    forest_only = first_candidates(picks, ("forest",), info)  # one family: the picks first, then its defaults
+    assert forest_only == [picks[0].candidate, picks[1].candidate, forest1, forest2]
     zero = fit_table(data, FitOptions(zero_shot=True, families=("linear", "forest")), meta=trained)
     assert zero.provenance["n_trials_complete"] == 1 and zero.provenance["zero_shot"]
 
