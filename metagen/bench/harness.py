@@ -240,7 +240,7 @@ def labelled_records(folders: list[tuple[str | None, Path]]) -> list[RunRecord]:
 
 def head_to_head(records: list[RunRecord], reference: str, tie: float = 1e-4) -> list[dict]:
     """Per method, the tables where its score (mean over seeds) is above, within ``tie`` of, or below
-    ``reference``'s; tables either did not finish are left out. Why: a mean of normalised scores can hide
+    ``reference``'s; tables where either did not finish are left out. Why: a mean of normalised scores can hide
     whether one method leads on many tables or on a few by much."""
     frame = pd.DataFrame([asdict(r) for r in records if r.status == "ok"])
     if frame.empty or reference not in set(frame["method"]):
